@@ -15,20 +15,20 @@ from datasets.base import Dataset, MaskedLabels, Protocol, mask_labels, random_p
 
 __all__ = [
     "Dataset", "Protocol", "MaskedLabels", "mask_labels", "random_protocol",
-    "load_dataset", "list_datasets", "dataset_status", "resolve_data_root", "DATA_ROOT_ENV",
+    "load_dataset", "get_loader", "list_datasets", "dataset_status", "resolve_data_root", "DATA_ROOT_ENV",
 ]
 
 DATA_ROOT_ENV = "CMH_DATA_ROOT"
 
-# name -> "module:function". Each loader takes (data_root: Path, **options) and returns a Dataset.
-# Each module also defines `required_files(data_root, **options) -> list[Path]` (alternatives allowed
-# through `files_present`), used by `list` to say whether the files are there without loading them.
-LOADERS: dict[str, str] = {
-    "wiki": "datasets.wiki:load",
-    "mirflickr25k": "datasets.mirflickr:load",
-    "nuswide-tc10": "datasets.nuswide:load_tc10",
-    "nuswide-tc21": "datasets.nuswide:load_tc21",
-    "synthetic": "datasets.synthetic:load",
+# name -> ("module", loader function, presence function). A loader takes (data_root: Path, **options)
+# and returns a Dataset; the presence function takes the same arguments and returns
+# (files present?, one-line reason), without loading, so `list` and suites can skip absent data.
+LOADERS: dict[str, tuple[str, str, str]] = {
+    "wiki": ("datasets.wiki", "load", "files_present"),
+    "mirflickr25k": ("datasets.mirflickr", "load", "files_present"),
+    "nuswide-tc10": ("datasets.nuswide", "load_tc10", "files_present_tc10"),
+    "nuswide-tc21": ("datasets.nuswide", "load_tc21", "files_present_tc21"),
+    "synthetic": ("datasets.synthetic", "load", "files_present"),
 }
 
 
@@ -39,26 +39,26 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else Path("data")
 
 
-def _loader(name: str):
+def _loader(name: str, which: int):
     if name not in LOADERS:
         raise InputError(f"unknown dataset {name!r}; valid: {', '.join(LOADERS)}")
-    module_name, _, func = LOADERS[name].partition(":")
-    return importlib.import_module(module_name), func
+    entry = LOADERS[name]
+    return getattr(importlib.import_module(entry[0]), entry[which])
+
+
+def get_loader(name: str):
+    """The loader function of a dataset name (for option checking before any work)."""
+    return _loader(name, 1)
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, **options) -> Dataset:
     """Load a dataset by name (see ``LOADERS``) with its standard protocol."""
-    module, func = _loader(name)
-    return getattr(module, func)(resolve_data_root(data_root), **options)
+    return _loader(name, 1)(resolve_data_root(data_root), **options)
 
 
 def dataset_status(name: str, data_root: str | os.PathLike | None = None, **options) -> tuple[bool, str]:
     """(files present?, one-line reason when not) without loading the data."""
-    module, _ = _loader(name)
-    check = getattr(module, "files_present", None)
-    if check is None:
-        return True, ""
-    return check(resolve_data_root(data_root), **options)
+    return _loader(name, 2)(resolve_data_root(data_root), **options)
 
 
 def list_datasets() -> list[str]:

@@ -1,0 +1,99 @@
+"""MIRFlickr-25K in the DCMH release (Jiang & Li, CVPR 2017): 20,015 pairs, 24 labels, 1386-d tags.
+
+Files, looked for in the data root and in ``<data root>/mirflickr25k`` (or ``MIRFLICKR25K``):
+
+* ``mirflickr25k-lall.mat`` (``LAll``, 20015 x 24, 0/1) and ``mirflickr25k-yall.mat`` (``YAll``,
+  20015 x 1386 binary tags); MATLAB v5 is read with scipy, v7.3 (HDF5) with h5py when installed;
+* an image side, either a feature matrix named with ``image_features=`` (a ``.mat`` holding ``XAll``
+  or the variable named by ``image_key=``, a ``.npy`` (memory-mapped), ``.npz`` or text matrix, one
+  row per pair: e.g. 4096-d CNN or 512-d GIST features) or, by default, the raw images
+  ``mirflickr25k-iall.mat`` (``IAll``; returned as uint8 ``(n, H, W, 3)``).
+
+Protocol (DCMH): 2000 random queries, the other 18015 pairs are the database, 10000 training pairs
+drawn from the database; seeded (``seed=0``). Items keep the file order. Text is float32 CSR; labels
+uint8. The checksum is the sha256 over the files used, in the order labels, text, image.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from benchmark.errors import DataFileError, InputError
+from datasets._io import (as_image, as_labels, as_text, check_int, check_options, find_file, read_array_file,
+                          read_mat, search_dirs)
+from datasets.base import Dataset, file_checksum, random_protocol
+
+__all__ = ["load", "files_present", "required_files", "N_ITEMS", "N_LABELS", "N_QUERY", "N_TRAIN"]
+
+NAME = "mirflickr25k"
+LABELS_FILE = "mirflickr25k-lall.mat"
+TEXT_FILE = "mirflickr25k-yall.mat"
+RAW_IMAGES_FILE = "mirflickr25k-iall.mat"
+N_ITEMS, N_LABELS, N_QUERY, N_TRAIN = 20015, 24, 2000, 10000
+HOW_TO_GET = ("get the DCMH MIRFlickr-25K release (mirflickr25k-lall/-yall/-iall.mat, see README) into the data "
+              "root or <data root>/mirflickr25k, or pass image_features=<file> for a feature matrix")
+OPTIONS = ("image_features", "image_key", "seed", "n_query", "n_train")
+
+
+def _dirs(data_root) -> list[Path]:
+    return search_dirs(data_root, "mirflickr25k", "MIRFLICKR25K")
+
+
+def _check(options: dict) -> dict:
+    check_options(NAME, options, OPTIONS)
+    opts = {"image_features": None, "image_key": None, "seed": 0, "n_query": N_QUERY, "n_train": N_TRAIN, **options}
+    feats = opts["image_features"]
+    if feats is not None and not isinstance(feats, (str, os.PathLike)):
+        raise InputError(f"{NAME}: image_features={feats!r} is invalid; valid: a file name or path")
+    if opts["image_key"] is not None and not isinstance(opts["image_key"], str):
+        raise InputError(f"{NAME}: image_key={opts['image_key']!r} is invalid; valid: a variable name")
+    check_int(NAME, "seed", opts["seed"], 0)
+    check_int(NAME, "n_query", opts["n_query"], 1)
+    check_int(NAME, "n_train", opts["n_train"], 1)
+    return opts
+
+
+def required_files(data_root=None, **options) -> list[Path]:
+    """The files a load would read, in checksum order; DataFileError (one line) for the first missing one."""
+    opts = _check(options)
+    dirs = _dirs(data_root)
+    image = opts["image_features"] if opts["image_features"] is not None else RAW_IMAGES_FILE
+    return [find_file(NAME, name, dirs, HOW_TO_GET) for name in (LABELS_FILE, TEXT_FILE, image)]
+
+
+def files_present(data_root=None, **options) -> tuple[bool, str]:
+    try:
+        required_files(data_root, **options)
+    except InputError as err:  # DataFileError included
+        return False, str(err)
+    return True, ""
+
+
+def load(data_root=None, **options) -> Dataset:
+    """Load MIRFlickr-25K (DCMH release) with its seeded 2000 / 18015 / 10000 protocol."""
+    opts = _check(options)
+    labels_path, text_path, image_path = required_files(data_root, **options)
+    labels = as_labels(NAME, labels_path, read_mat(NAME, labels_path, ["LAll"])["LAll"], N_LABELS)
+    n = labels.shape[0]
+    empty = int((labels.sum(axis=1) == 0).sum())
+    if empty:
+        # The DCMH set is defined as pairs with at least one label; a file with empty rows is not that set.
+        raise DataFileError(
+            f"{NAME}: {labels_path}: {empty} item(s) have no label; the DCMH set has at least one per item"
+        )
+    text = as_text(NAME, text_path, read_mat(NAME, text_path, ["YAll"])["YAll"], n)
+    if opts["image_features"] is None:
+        raw = read_mat(NAME, image_path, ["IAll"])["IAll"]
+    else:
+        raw = read_array_file(NAME, image_path, key=opts["image_key"], default_keys=("XAll", "IAll"))
+    image = as_image(NAME, image_path, raw, n)
+    del raw
+    protocol = random_protocol(f"{NAME}-dcmh-q{opts['n_query']}-t{opts['n_train']}", n, opts["n_query"],
+                               opts["n_train"], seed=opts["seed"])
+    dataset = Dataset(
+        NAME, image, text, labels, file_checksum(labels_path, text_path, image_path), protocol,
+        meta={"source": "DCMH release (LAll, YAll)", "image_file": image_path.name,
+              "image_source": "raw IAll" if opts["image_features"] is None else "feature matrix"},
+    )
+    protocol.validate_for(dataset)
+    return dataset
