@@ -1,0 +1,323 @@
+"""Command line: ``python -m benchmark {run,report,list,check}`` (also installed as ``cmh-bench``).
+
+Exit codes: 0 ok; 1 some runs (or checks) failed, the rest still ran and were recorded; 2 bad usage
+or bad input (the one-line reason is printed, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+from benchmark.errors import InputError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "python -m benchmark"
+
+EXAMPLES = {
+    None: f"""
+        examples:
+          {PROG} run                               # default suite on the bundled Wiki data
+          {PROG} run --suite quick --jobs 2        # seconds-long synthetic suite, two processes
+          {PROG} report                            # tables and plots from the records that exist
+          {PROG} list                              # methods, datasets and suites
+          {PROG} check scm-orth                    # common checks on a method (or a plug-in)
+        """,
+    "run": f"""
+        examples:
+          {PROG} run
+          {PROG} run --suite full --jobs 4 --data-root /data/cmh
+          {PROG} run --suite quick --methods random,scm-orth --bits 16 --seeds 0
+          {PROG} run --suite my_suite.yaml --device cuda --timeout 3600
+          {PROG} run --suite quick --dry-run       # list the runs, run nothing
+        A run whose record exists is skipped (use --force). Records go to RESULTS_DIR/records/,
+        codes to RESULTS_DIR/codes/, logs to RESULTS_DIR/logs/. Exit status 1 when a run of the
+        suite failed, now or before (rerun those with --retry-failed); 2 for bad input.
+        """,
+    "report": f"""
+        examples:
+          {PROG} report
+          {PROG} report --results-dir results --reports-dir reports
+          {PROG} report --suite quick --metric map_stable --no-plots
+        Writes reports/results.md, table_*.md / table_*.tex and plots/*.png|pdf from the records
+        alone; the same records always give the same files.
+        """,
+    "list": f"""
+        examples:
+          {PROG} list
+          {PROG} list --data-root /data/cmh
+        """,
+    "check": f"""
+        examples:
+          {PROG} check random
+          {PROG} check mypackage.hashers:MyHasher
+        Runs the common checks (code dtype/shape/values, determinism, pickling, batch = one-by-one
+        encoding, masked labels never read, beating the random floor) with the method's check_params.
+        """,
+}
+
+
+def _epilog(name):
+    return textwrap.dedent(EXAMPLES[name]).strip("\n")
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _split(values, convert, flag: str):
+    """Comma-separated and/or repeated values -> list, or None when the flag is absent."""
+    if not values:
+        return None
+    out = []
+    for chunk in values:
+        for item in chunk.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                out.append(convert(item))
+            except ValueError:
+                raise InputError(f"{flag} {item!r} is invalid; valid: a comma-separated list of {convert.__name__} values") from None
+    return out or None
+
+
+# ---------------------------------------------------------------------------------------- run
+def _cmd_run(args) -> int:
+    from benchmark.evaluate import EvalConfig
+    from benchmark.records import RecordStore, load_records
+    from benchmark.reports import print_tables, write_reports
+    from benchmark.runner import RunSettings, available_cores, resolve_run_device, run_specs
+    from benchmark.suites import expand_suite, filter_specs
+
+    if args.jobs < 1:
+        raise InputError(f"--jobs {args.jobs} is invalid; valid: a positive integer")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} is invalid; valid: a positive integer")
+    if args.timeout is not None and not args.timeout > 0:
+        raise InputError(f"--timeout {args.timeout} is invalid; valid: a positive number of seconds")
+    filters = dict(
+        methods=_split(args.methods, str, "--methods"),
+        datasets=_split(args.datasets, str, "--datasets"),
+        bits=_split(args.bits, int, "--bits"),
+        mask_rates=_split(args.mask_rates, float, "--mask-rates"),
+        seeds=_split(args.seeds, int, "--seeds"),
+    )
+    expansion = expand_suite(args.suite, data_root=args.data_root)
+    name = expansion.suite.name
+    config = EvalConfig.from_dict(expansion.evaluation, f"suite {name}: evaluation")
+    for line in expansion.skipped:
+        print(line, file=sys.stderr)
+    specs = expansion.specs
+    if specs:
+        specs = filter_specs(specs, suite_name=f"suite {name}", **filters)
+    if not specs:
+        print(f"suite {name}: nothing to run (every dataset or method was skipped)", file=sys.stderr)
+        return 0
+    device = resolve_run_device(specs, args.device)
+    threads = args.threads or max(1, available_cores() // args.jobs)
+    store = RecordStore(args.results_dir)
+    if args.dry_run:
+        for s in specs:
+            rec = store.read(s.run_id)
+            state = "to run" if rec is None or args.force else f"recorded ({rec.get('status')})"
+            print(f"{s.run_id}  {s.describe()}  [{state}]")
+        print(f"suite {name}: {len(specs)} run(s)", file=sys.stderr)
+        return 0
+    print(f"suite {name}: {len(specs)} run(s); device {device}, jobs {args.jobs}, threads per run {threads}; "
+          f"records in {args.results_dir}", file=sys.stderr)
+    settings = RunSettings(
+        results_dir=str(args.results_dir),
+        data_root=None if args.data_root is None else str(args.data_root),
+        device=device, threads=threads, timeout=args.timeout, evaluation=config.to_dict(),
+    )
+    summary = run_specs(specs, settings, jobs=args.jobs, force=args.force, retry_failed=args.retry_failed,
+                        progress=args.progress, label=f"suite {name}")
+    frame = load_records(args.results_dir, run_ids=[s.run_id for s in specs])
+    if not args.quiet:
+        print_tables(frame)
+    if not args.no_report:
+        written = write_reports(load_records(args.results_dir), args.reports_dir, plots=not args.no_plots)
+        print(f"reports: {len(written)} file(s) written to {args.reports_dir}/ (results.md, tables, plots)", file=sys.stderr)
+    failed = summary.failed
+    if failed:
+        print(f"suite {name}: {len(failed)} of {summary.total} run(s) failed or did not finish; "
+              f"logs in {Path(args.results_dir) / 'logs'}", file=sys.stderr)
+        return 1
+    print(f"suite {name}: {summary.total} run(s) ok ({len(summary.outcomes)} ran now, {len(summary.skipped)} already recorded)",
+          file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- report
+def _cmd_report(args) -> int:
+    from benchmark.records import load_records
+    from benchmark.reports import print_tables, write_reports
+
+    run_ids = None
+    if args.suite is not None:
+        from benchmark.suites import expand_suite
+
+        run_ids = [s.run_id for s in expand_suite(args.suite, data_root=args.data_root).specs]
+    frame = load_records(args.results_dir, run_ids=run_ids)
+    if frame.empty:
+        raise InputError(f"no records in {args.results_dir}/records" + (f" for suite {args.suite}" if args.suite else "")
+                         + "; run a suite first")
+    if args.metric not in set(frame["metric"].dropna()):
+        valid = sorted(m for m in set(frame["metric"].dropna()) if m not in ("precision_at_n", "pr_precision", "pr_recall"))
+        raise InputError(f"--metric {args.metric!r} is not in the records; valid: {', '.join(valid)}")
+    written = write_reports(frame, args.reports_dir, metric=args.metric, plots=not args.no_plots)
+    if not args.quiet:
+        print_tables(frame, metric=args.metric)
+    print(f"reports: {len(written)} file(s) written to {args.reports_dir}/", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- list
+def _cmd_list(args) -> int:
+    import datasets
+    from methods import list_methods
+
+    from benchmark.suites import list_suites, load_suite
+
+    print("methods:")
+    for info in list_methods():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        print(f"  {info.name:<12} {info.target:<44} {state}")
+    root = datasets.resolve_data_root(args.data_root)
+    print(f"datasets (data root: {root}):")
+    for name in datasets.list_datasets():
+        try:
+            present, reason = datasets.dataset_status(name, args.data_root)
+            state = "files present" if present else f"files absent: {reason}"
+        except ImportError as exc:
+            state = f"loader unavailable: {exc}"
+        except InputError as exc:
+            state = f"files absent: {exc}"
+        print(f"  {name:<12} {state}")
+    print("suites:")
+    for name in list_suites():
+        try:
+            desc = load_suite(name).description
+        except InputError as exc:
+            desc = f"invalid: {exc}"
+        print(f"  {name:<12} {desc}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- check
+def _cmd_check(args) -> int:
+    from methods import get_method
+
+    get_method(args.method)  # unknown name / bad plug-in -> InputError (exit 2) before any check
+    try:
+        from methods.checks import check_hasher
+    except ImportError as exc:
+        print(f"error: the common checks cannot be imported ({exc})", file=sys.stderr)
+        return 1
+    kwargs = {}
+    if "verbose" in inspect.signature(check_hasher).parameters:
+        kwargs["verbose"] = not args.quiet
+    try:
+        check_hasher(args.method, **kwargs)
+    except InputError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"check {args.method}: FAILED: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 1
+    print(f"check {args.method}: all common checks passed")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_formatter, epilog=_epilog(None),
+        description="Benchmark of cross-modal hashing methods (image<->text retrieval by Hamming ranking).",
+    )
+    try:
+        from importlib.metadata import version
+
+        ver = version("cmh-bench")
+    except Exception:
+        ver = "unknown"
+    parser.add_argument("--version", action="version", version=f"cmh-bench {ver}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,report,list,check}")
+    sub.required = True
+
+    common_dirs = argparse.ArgumentParser(add_help=False)
+    common_dirs.add_argument("--results-dir", default="results", metavar="DIR",
+                             help="where records, codes, logs and protocols live (default: results)")
+    common_dirs.add_argument("--reports-dir", default="reports", metavar="DIR",
+                             help="where tables and plots are written (default: reports)")
+    data_root = argparse.ArgumentParser(add_help=False)
+    data_root.add_argument("--data-root", default=None, metavar="DIR",
+                           help="dataset files (default: $CMH_DATA_ROOT, else ./data; Wiki is bundled)")
+
+    run = sub.add_parser("run", parents=[common_dirs, data_root], formatter_class=_formatter, epilog=_epilog("run"),
+                         help="run a suite (default: the default suite on Wiki)",
+                         description="Run a suite, print the MAP tables and write the reports.")
+    run.add_argument("--suite", default="default", metavar="NAME|FILE",
+                     help="a shipped suite (default, quick, full, paper) or a YAML file (default: default)")
+    run.add_argument("--methods", action="append", metavar="A,B", help="only these methods (names or labels)")
+    run.add_argument("--datasets", action="append", metavar="A,B", help="only these datasets")
+    run.add_argument("--bits", action="append", metavar="16,32", help="only these code lengths")
+    run.add_argument("--mask-rates", action="append", metavar="0,0.7", help="only these label mask rates")
+    run.add_argument("--seeds", action="append", metavar="0,1", help="only these seeds")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel (processes; default 1)")
+    run.add_argument("--threads", type=int, default=None, metavar="T",
+                     help="BLAS/torch threads per run (default: cores // jobs); give the same T to compare "
+                          "--jobs settings bit for bit")
+    run.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                     help="device of torch methods (default: auto = GPU when present)")
+    run.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="time limit per run in seconds; a run over it is recorded as failed")
+    run.add_argument("--force", action="store_true", help="rerun runs that already have a record")
+    run.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
+    run.add_argument("--dry-run", action="store_true", help="list the runs and whether they are recorded; run nothing")
+    run.add_argument("--no-report", action="store_true", help="do not write the reports folder")
+    run.add_argument("--no-plots", action="store_true", help="write the report tables but no plots")
+    run.add_argument("--quiet", action="store_true", help="do not print the result tables")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar with ETA (default: when stderr is a terminal)")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", parents=[common_dirs, data_root], formatter_class=_formatter,
+                            epilog=_epilog("report"), help="render tables and plots from existing records",
+                            description="Render tables and plots from the records that exist, running nothing.")
+    report.add_argument("--suite", default=None, metavar="NAME|FILE", help="only the runs of this suite")
+    report.add_argument("--metric", default="map", metavar="NAME",
+                        help="metric of the tables and plots (map, map_stable, map@K, ndcg; default map)")
+    report.add_argument("--no-plots", action="store_true", help="tables only")
+    report.add_argument("--quiet", action="store_true", help="do not print the tables")
+    report.set_defaults(func=_cmd_report)
+
+    lst = sub.add_parser("list", parents=[data_root], formatter_class=_formatter, epilog=_epilog("list"),
+                         help="methods (available or why not), datasets (files present?), suites",
+                         description="List methods with their availability, datasets with their files, and suites.")
+    lst.set_defaults(func=_cmd_list)
+
+    check = sub.add_parser("check", formatter_class=_formatter, epilog=_epilog("check"),
+                           help="run the common checks on a method or plug-in",
+                           description="Run the common checks on a registered method or a module:Class plug-in.")
+    check.add_argument("method", metavar="METHOD|module:Class")
+    check.add_argument("--quiet", action="store_true", help="print only the outcome")
+    check.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

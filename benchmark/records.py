@@ -1,0 +1,305 @@
+"""Run records: one JSON file per run, the codes beside it, and one tidy DataFrame over all of them.
+
+Layout of a results directory::
+
+    records/<run_id>.json     the record (written last: its existence means the run is complete)
+    codes/<run_id>.npz        packed codes of both modalities, queries and database
+    logs/<run_id>.log         the run's log
+    protocols/<digest>.npz    query/database/train indices, saved once per protocol
+
+Every file is written atomically (a temporary file in the same directory, then ``os.replace``), so
+a process killed at any point leaves either the old file, the new file, or a stray temporary file
+that readers ignore and :func:`remove_stale_temporaries` deletes. NaN and infinities are written
+as ``null``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from benchmark.errors import DataFileError, InputError
+
+__all__ = [
+    "RecordStore", "to_jsonable", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries",
+    "load_records", "records_to_frame", "SCHEMA_VERSION", "FRAME_COLUMNS",
+]
+
+SCHEMA_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-")
+
+
+def to_jsonable(value: Any) -> Any:
+    """JSON types only: numpy scalars/arrays -> Python, NaN/inf -> None, tuples -> lists."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} into a record")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    text = json.dumps(to_jsonable(obj), indent=1, sort_keys=True, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    # psutil rather than os.kill(pid, 0): on Windows the latter terminates the process.
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporary files left by writers that no longer exist (killed mid-write)."""
+    removed = 0
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    for sub in ("records", "codes", "protocols"):
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TMP_RE.match(p.name)
+            if m and not _pid_alive(int(m.group(1))):
+                try:
+                    p.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+class RecordStore:
+    """Paths and atomic reads/writes under one results directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def record_path(self, run_id: str) -> Path:
+        return self.root / "records" / f"{run_id}.json"
+
+    def codes_path(self, run_id: str) -> Path:
+        return self.root / "codes" / f"{run_id}.npz"
+
+    def log_path(self, run_id: str) -> Path:
+        return self.root / "logs" / f"{run_id}.log"
+
+    def protocol_path(self, digest: str) -> Path:
+        return self.root / "protocols" / f"{digest}.npz"
+
+    def relative(self, path: Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    # -------------------------------------------------------------------------------- reading
+    def read(self, run_id: str) -> dict | None:
+        """The record, or None when absent or unreadable (then the run is treated as not done)."""
+        path = self.record_path(run_id)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and rec.get("run_id") == run_id else None
+
+    def exists(self, run_id: str) -> bool:
+        return self.read(run_id) is not None
+
+    def run_ids(self) -> list[str]:
+        folder = self.root / "records"
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(_TMP_PREFIX))
+
+    # -------------------------------------------------------------------------------- writing
+    def write_record(self, record: dict) -> Path:
+        return atomic_write_json(self.record_path(record["run_id"]), record)
+
+    def write_codes(self, run_id: str, codes: dict[str, np.ndarray], n_bits: int,
+                    extra_arrays: dict[str, np.ndarray] | None = None) -> Path:
+        """Codes packed along rows (+1 -> bit 1); ``n_bits`` is stored to unpack them."""
+        import io
+
+        from benchmark.evaluate import pack_codes
+
+        arrays = {name: pack_codes(c) for name, c in codes.items()}
+        arrays["n_bits"] = np.array(n_bits)
+        for name, arr in (extra_arrays or {}).items():
+            arrays[name] = arr
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return atomic_write_bytes(self.codes_path(run_id), buf.getvalue())
+
+    def read_codes(self, run_id: str) -> dict[str, np.ndarray]:
+        from benchmark.evaluate import unpack_codes
+
+        path = self.codes_path(run_id)
+        try:
+            with np.load(path) as z:
+                n_bits = int(z["n_bits"])
+                return {k: (unpack_codes(z[k], n_bits) if k in ("db_image", "db_text", "query_image", "query_text") else z[k])
+                        for k in z.files if k != "n_bits"}
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataFileError(f"codes file {path}: cannot be read ({exc})") from None
+
+    def save_protocol(self, protocol) -> Path:
+        """Save a protocol's indices once; concurrent writers each use their own temporary file."""
+        path = self.protocol_path(protocol.digest)
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            protocol.save(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            for p in (tmp, tmp + ".tmp"):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            raise
+        return path
+
+
+# ---------------------------------------------------------------------------------------- the frame
+FRAME_COLUMNS = [
+    "run_id", "status", "error", "method", "label", "params", "dataset", "dataset_label", "dataset_options",
+    "n_bits", "mask_rate", "seed", "n_train", "n_labeled", "device", "threads", "fit_s", "encode_s",
+    "evaluate_s", "peak_rss_mb", "direction", "metric", "x", "value", "n_queries", "n_no_relevant",
+]
+
+_SCALAR_SKIP = {"n_queries", "n_no_relevant", "ties", "no_relevant", "precision_at_n", "pr_hamming"}
+
+
+def _rows(rec: dict) -> Iterable[dict]:
+    spec = rec.get("spec", {})
+    timings = rec.get("timings") or {}
+    base = {
+        "run_id": rec["run_id"],
+        "status": rec.get("status"),
+        "error": (rec.get("error") or {}).get("message") if rec.get("error") else None,
+        "method": spec.get("method"),
+        "label": spec.get("label", spec.get("method")),
+        "params": json.dumps(spec.get("params", {}), sort_keys=True),
+        "dataset": spec.get("dataset"),
+        "dataset_label": spec.get("dataset_label", spec.get("dataset")),
+        "dataset_options": json.dumps(spec.get("dataset_options", {}), sort_keys=True),
+        "n_bits": spec.get("n_bits"),
+        "mask_rate": spec.get("mask_rate"),
+        "seed": spec.get("seed"),
+        "n_train": (rec.get("mask") or {}).get("n_train"),
+        "n_labeled": (rec.get("mask") or {}).get("n_labeled"),
+        "device": (rec.get("device") or {}).get("resolved"),
+        "threads": (rec.get("device") or {}).get("threads"),
+        "fit_s": timings.get("fit_s"),
+        "encode_s": timings.get("encode_s"),
+        "evaluate_s": timings.get("evaluate_s"),
+        "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+    }
+    metrics = rec.get("metrics") or {}
+    if rec.get("status") != "ok" or not metrics:
+        yield {**base, "direction": None, "metric": None, "x": None, "value": None, "n_queries": None, "n_no_relevant": None}
+        return
+    for direction in sorted(metrics):
+        m = metrics[direction]
+        common = {**base, "direction": direction, "n_queries": m.get("n_queries"), "n_no_relevant": m.get("n_no_relevant")}
+        for key in sorted(m):
+            if key in _SCALAR_SKIP:
+                continue
+            yield {**common, "metric": key, "x": None, "value": m[key]}
+        pan = m.get("precision_at_n")
+        if pan:
+            for n, p in zip(pan["n"], pan["precision"]):
+                yield {**common, "metric": "precision_at_n", "x": n, "value": p}
+        pr = m.get("pr_hamming")
+        if pr:
+            for r, p, rc in zip(pr["radius"], pr["precision"], pr["recall"]):
+                yield {**common, "metric": "pr_precision", "x": r, "value": p}
+                yield {**common, "metric": "pr_recall", "x": r, "value": rc}
+
+
+def records_to_frame(records: Iterable[dict]):
+    """Tidy frame: one row per (run, direction, metric, x); run-level columns repeat on each row.
+
+    Failed runs have one row with ``direction``/``metric`` missing and ``error`` set. Rows are sorted
+    so that the same records always give the same frame.
+    """
+    import pandas as pd
+
+    rows = [row for rec in records for row in _rows(rec)]
+    frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    for col in ("n_bits", "seed", "n_train", "n_labeled", "threads", "n_queries", "n_no_relevant"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("mask_rate", "fit_s", "encode_s", "evaluate_s", "peak_rss_mb", "x", "value"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    frame = frame.sort_values(["run_id", "direction", "metric", "x"], na_position="first", kind="mergesort")
+    return frame.reset_index(drop=True)
+
+
+def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None):
+    """All records of a results directory (or those in ``run_ids``) as one tidy DataFrame.
+
+    A record that cannot be parsed raises :class:`DataFileError` naming the file: a report must not
+    silently drop results.
+    """
+    store = RecordStore(results_dir)
+    if not Path(results_dir).is_dir():
+        raise InputError(f"results directory {str(results_dir)!r} does not exist; run a suite first or pass --results-dir")
+    wanted = None if run_ids is None else set(run_ids)
+    records = []
+    for rid in store.run_ids():
+        if wanted is not None and rid not in wanted:
+            continue
+        path = store.record_path(rid)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise DataFileError(f"record {path}: cannot be parsed ({exc}); delete it and rerun the suite") from None
+        if not isinstance(rec, dict) or rec.get("run_id") != rid:
+            raise DataFileError(f"record {path}: its run_id does not match the file name; delete it and rerun the suite")
+        records.append(rec)
+    return records_to_frame(records)

@@ -1,0 +1,276 @@
+"""Tables (Markdown and LaTeX) rendered from the tidy records frame, never from anything else.
+
+* MAP tables in the layout of the RDCMH paper's Table 1: rows are methods; columns are
+  dataset x direction (Image vs. Text = image queries, text database; Text vs. Image) x bits. One
+  table per label mask rate: mask 0 is Table 1, every other rate a Table 2 counterpart.
+* Cells are mean +- sample standard deviation over seeds (the mean alone for one seed); the best
+  mean of each column, at the displayed precision, is bold.
+* A timing table: fit and encode seconds and peak memory per method and dataset.
+
+Output depends only on the records, so ``report`` reproduces the same files byte for byte.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DIRECTION_LABELS", "map_cells", "map_table_markdown", "map_table_latex", "timing_table",
+    "failed_table", "write_reports", "print_tables", "method_sort_key", "dataset_sort_key",
+]
+
+DIRECTION_LABELS = {"i2t": "I→T", "t2i": "T→I"}
+DIRECTION_LABELS_LONG = {"i2t": "Image vs. Text", "t2i": "Text vs. Image"}
+METRIC_NAMES = {
+    "map": "MAP@all (tie-aware)",
+    "map_stable": "MAP@all (ties in database order)",
+    "ndcg": "NDCG",
+}
+# Files this module writes; anything else in the reports folder is left alone.
+_GENERATED = ("results.md", "table_*.md", "table_*.tex", "plots/*.png", "plots/*.pdf")
+
+
+# ---------------------------------------------------------------------------------------- ordering
+def method_sort_key(label: str, method: str):
+    """Registry order (the random floor first, RDCMH last), then plug-ins by name; label breaks ties."""
+    try:
+        from methods import REGISTRY
+
+        order = list(REGISTRY)
+    except Exception:  # pragma: no cover - reports must render even without the methods package
+        order = []
+    return (order.index(method) if method in order else len(order), method, label != method, label)
+
+
+def dataset_sort_key(label: str, dataset: str):
+    try:
+        from datasets import list_datasets
+
+        order = list_datasets()
+    except Exception:  # pragma: no cover
+        order = []
+    return (order.index(dataset) if dataset in order else len(order), dataset, label)
+
+
+def _ordered(frame: pd.DataFrame, label_col: str, name_col: str, key) -> list[str]:
+    pairs = frame[[label_col, name_col]].drop_duplicates().itertuples(index=False)
+    return [label for label, _ in sorted(pairs, key=lambda p: key(p[0], p[1]))]
+
+
+def _fmt(mean: float, std: float, n: int, pm: str) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    cell = f"{mean:.4f}"
+    if n > 1 and std is not None and not math.isnan(std):
+        cell += f" {pm} {std:.4f}"
+    return cell
+
+
+# ---------------------------------------------------------------------------------------- MAP tables
+def map_cells(frame: pd.DataFrame, mask_rate: float, metric: str = "map") -> pd.DataFrame:
+    """Aggregated cells for one mask rate: one row per (label, dataset_label, direction, n_bits).
+
+    Columns: mean, std (ddof=1), n (seeds), best (the column's best mean at 4 decimals).
+    """
+    ok = frame[(frame["status"] == "ok") & (frame["metric"] == metric) & np.isclose(frame["mask_rate"], mask_rate)]
+    keys = ["method", "label", "dataset", "dataset_label", "direction", "n_bits"]
+    if ok.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "best"])
+    agg = ok.groupby(keys, dropna=False, sort=True)["value"].agg(mean="mean", std="std", n="count").reset_index()
+    rounded = agg["mean"].round(4)
+    col_best = rounded.groupby([agg["dataset_label"], agg["direction"], agg["n_bits"]]).transform("max")
+    agg["best"] = (rounded == col_best) & rounded.notna()
+    return agg
+
+
+def _layout(cells: pd.DataFrame, pm: str, bold) -> pd.DataFrame:
+    """Cells -> methods x (dataset, direction, bits) frame of display strings."""
+    rows = _ordered(cells, "label", "method", method_sort_key)
+    dsets = _ordered(cells, "dataset_label", "dataset", dataset_sort_key)
+    columns = []
+    for d in dsets:
+        sub = cells[cells["dataset_label"] == d]
+        for direction in ("i2t", "t2i"):
+            for b in sorted(sub.loc[sub["direction"] == direction, "n_bits"].unique()):
+                columns.append((d, direction, int(b)))
+    table = pd.DataFrame("", index=pd.Index(rows, name="method"),
+                         columns=pd.MultiIndex.from_tuples(columns, names=["dataset", "direction", "bits"]))
+    for c in cells.itertuples(index=False):
+        text = _fmt(c.mean, c.std, int(c.n), pm)
+        table.loc[c.label, (c.dataset_label, c.direction, int(c.n_bits))] = bold(text) if c.best else text
+    return table
+
+
+def _caption(metric: str, mask_rate: float, cells: pd.DataFrame) -> str:
+    seeds = sorted(set(int(n) for n in cells["n"])) if len(cells) else []
+    seeds_text = "/".join(map(str, seeds)) if seeds else "0"
+    name = METRIC_NAMES.get(metric, metric)
+    return (f"{name}, {mask_rate:.0%} of training labels masked; mean ± std over {seeds_text} seed(s); "
+            f"best per column in bold. Queries with no relevant database item are excluded from MAP.")
+
+
+def map_table_markdown(frame: pd.DataFrame, mask_rate: float, metric: str = "map") -> str:
+    cells = map_cells(frame, mask_rate, metric)
+    if cells.empty:
+        return ""
+    table = _layout(cells, "±", lambda s: f"**{s}**")
+    flat = table.copy()
+    flat.columns = [f"{d} {DIRECTION_LABELS[r]} {b}" for d, r, b in table.columns]
+    return flat.to_markdown(colalign=["left"] + ["right"] * flat.shape[1]) + "\n"
+
+
+def map_table_latex(frame: pd.DataFrame, mask_rate: float, metric: str = "map", label: str | None = None) -> str:
+    cells = map_cells(frame, mask_rate, metric)
+    if cells.empty:
+        return ""
+    plain = _layout(cells, r"$\pm$", lambda s: s)
+    boldmask = _layout(cells, "", lambda s: "B").map(lambda s: s == "B")
+    plain.columns = pd.MultiIndex.from_tuples(
+        [(d, DIRECTION_LABELS_LONG[r], b) for d, r, b in plain.columns], names=["Dataset", "Task", "Bits"])
+    boldmask.columns = plain.columns
+    plain.index.name = None
+    css = pd.DataFrame(np.where(boldmask.to_numpy(), "font-weight: bold;", ""), index=plain.index, columns=plain.columns)
+    styler = plain.style.apply(lambda _: css, axis=None)
+    styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    caption = _caption(metric, mask_rate, cells).replace("±", r"$\pm$").replace("%", r"\%")
+    return styler.to_latex(
+        hrules=True, convert_css=True, multicol_align="c", column_format="l" + "r" * plain.shape[1],
+        caption=caption, label=label, position_float="centering",
+    )
+
+
+# ---------------------------------------------------------------------------------------- other tables
+def _runs(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop_duplicates("run_id")
+
+
+def timing_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean fit / encode seconds and peak memory per method (rows) and dataset, over all successful runs."""
+    runs = _runs(frame[frame["status"] == "ok"])
+    if runs.empty:
+        return pd.DataFrame()
+    agg = runs.groupby(["method", "label", "dataset", "dataset_label"], sort=True).agg(
+        fit_s=("fit_s", "mean"), encode_s=("encode_s", "mean"), peak_rss_mb=("peak_rss_mb", "max"),
+        runs=("run_id", "count")).reset_index()
+    rows = _ordered(agg, "label", "method", method_sort_key)
+    dsets = _ordered(agg, "dataset_label", "dataset", dataset_sort_key)
+    stats = [("fit_s", "fit s"), ("encode_s", "encode s"), ("peak_rss_mb", "peak MB"), ("runs", "runs")]
+    cols = pd.MultiIndex.from_tuples([(d, name) for d in dsets for _, name in stats], names=["dataset", "stat"])
+    table = pd.DataFrame("", index=pd.Index(rows, name="method"), columns=cols)
+    for r in agg.itertuples(index=False):
+        for key, name in stats:
+            v = getattr(r, key)
+            table.loc[r.label, (r.dataset_label, name)] = (
+                str(int(v)) if key == "runs" else ("–" if v is None or pd.isna(v) else f"{v:.3g}"))
+    return table
+
+
+def failed_table(frame: pd.DataFrame) -> pd.DataFrame:
+    runs = _runs(frame[frame["status"] != "ok"])
+    cols = ["run_id", "label", "dataset_label", "n_bits", "mask_rate", "seed", "error"]
+    return runs[cols].sort_values(["label", "dataset_label", "n_bits", "mask_rate", "seed", "run_id"]).reset_index(drop=True)
+
+
+def _timing_markdown(table: pd.DataFrame) -> str:
+    flat = table.copy()
+    flat.columns = [f"{d} {s}" for d, s in table.columns]
+    return flat.to_markdown(colalign=["left"] + ["right"] * flat.shape[1]) + "\n"
+
+
+def _timing_latex(table: pd.DataFrame) -> str:
+    t = table.copy()
+    t.index.name = None
+    t.columns = t.columns.set_names(["Dataset", "Method"])
+    styler = t.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * t.shape[1],
+                           caption="Mean fit and encode seconds and peak resident memory (MB) per method and dataset, over all successful runs.",
+                           position_float="centering")
+
+
+def _mask_rates(frame: pd.DataFrame) -> list[float]:
+    ok = frame[frame["status"] == "ok"]
+    return sorted(float(r) for r in ok["mask_rate"].dropna().unique())
+
+
+def _mask_name(rate: float) -> str:
+    return f"{rate:g}"
+
+
+# ---------------------------------------------------------------------------------------- writing
+def _remove_generated(reports_dir: Path) -> None:
+    for pattern in _GENERATED:
+        for p in reports_dir.glob(pattern):
+            if p.is_file():
+                p.unlink()
+
+
+def _write(path: Path, text: str) -> None:
+    from benchmark.records import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_reports(frame: pd.DataFrame, reports_dir: Path | str, *, metric: str = "map", plots: bool = True) -> list[Path]:
+    """Write every table (and plot) for ``frame`` into ``reports_dir``; returns the files written."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    _remove_generated(reports_dir)
+    written: list[Path] = []
+    sections = ["# Cross-modal hashing benchmark results", ""]
+    runs = _runs(frame)
+    n_ok = int((runs["status"] == "ok").sum())
+    sections += [f"{len(runs)} run(s): {n_ok} ok, {len(runs) - n_ok} failed.", ""]
+    sections += [
+        "Conventions: relevance = sharing at least one label; MAP@all is tie-aware (the expected AP over "
+        "all orders of items at equal distance); queries with no relevant database item are excluded "
+        "and counted in the records. I→T: image queries against the text database; T→I: the reverse.",
+        "",
+    ]
+    for i, rate in enumerate(_mask_rates(frame)):
+        md = map_table_markdown(frame, rate, metric)
+        if not md:
+            continue
+        name = f"table_{metric}_mask{_mask_name(rate)}"
+        title = "Table 1 counterpart" if rate == 0 else "Table 2 counterpart"
+        cells = map_cells(frame, rate, metric)
+        sections += [f"## {title}: {METRIC_NAMES.get(metric, metric)}, mask rate {_mask_name(rate)}", "",
+                     _caption(metric, rate, cells), "", md]
+        _write(reports_dir / f"{name}.md", md)
+        _write(reports_dir / f"{name}.tex", map_table_latex(frame, rate, metric, label=f"tab:{metric}-mask{_mask_name(rate)}"))
+        written += [reports_dir / f"{name}.md", reports_dir / f"{name}.tex"]
+    timing = timing_table(frame)
+    if not timing.empty:
+        md = _timing_markdown(timing)
+        sections += ["## Timing", "", "Mean fit and encode seconds and peak resident memory (MB) per method "
+                     "and dataset, over all successful runs (all code lengths, mask rates and seeds).", "", md]
+        _write(reports_dir / "table_timing.md", md)
+        _write(reports_dir / "table_timing.tex", _timing_latex(timing))
+        written += [reports_dir / "table_timing.md", reports_dir / "table_timing.tex"]
+    failed = failed_table(frame)
+    if not failed.empty:
+        sections += ["## Failed runs", "", failed.to_markdown(index=False) + "\n"]
+    if plots:
+        from benchmark.plots import write_plots
+
+        figures = write_plots(frame, reports_dir / "plots", metric=metric)
+        written += figures
+        if figures:
+            sections += ["## Plots", ""] + [f"- [{p.name}](plots/{p.name})" for p in figures if p.suffix == ".png"] + [""]
+    _write(reports_dir / "results.md", "\n".join(sections))
+    written.append(reports_dir / "results.md")
+    return written
+
+
+def print_tables(frame: pd.DataFrame, metric: str = "map", out=None) -> None:
+    """The MAP tables of ``frame`` as Markdown on ``out`` (stdout by default)."""
+    import sys
+
+    out = out or sys.stdout
+    for rate in _mask_rates(frame):
+        md = map_table_markdown(frame, rate, metric)
+        if md:
+            print(f"\n{METRIC_NAMES.get(metric, metric)}, mask rate {_mask_name(rate)}:\n", file=out)
+            print(md, file=out)

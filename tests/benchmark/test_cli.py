@@ -1,0 +1,247 @@
+"""Command line: help, list, check, run/report, exit codes, and resuming after kill -9 (real subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.records import RecordStore
+from benchmark.runner import RunSettings, run_specs
+from benchmark.suites import expand_suite
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = "{name: synthetic, label: syn, options: {n_items: 150, n_labels: 4, image_dim: 8, text_dim: 20, latent_dim: 4, noise: 0.3}}"
+FAST = ["--threads", "1", "--device", "cpu"]
+
+PLUGINS = textwrap.dedent('''
+    import numpy as np
+    from methods.random_projection import RandomProjection
+
+    class Failing(RandomProjection):
+        def fit(self, image, text, labels, labeled=None):
+            raise RuntimeError("deliberate failure in fit")
+
+    class BadCodes(RandomProjection):
+        def encode_image(self, image):
+            return super().encode_image(image).astype(np.float64)
+''')
+
+
+def write_suite(tmp_path, methods="[random, scm-orth]", bits="[8, 16]", masks="[0.0, 0.5]", seeds="[0]", name="tiny"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndatasets: [{DATA}]\nmethods: {methods}\nbits: {bits}\nmask_rates: {masks}\n"
+                    f"seeds: {seeds}\nevaluation: {{topk: [10], precision_ns: [1, 10]}}\n")
+    return path
+
+
+def env_with(*paths) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    (tmp_path / "plugins_cli.py").write_text(PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("plugins_cli", None)
+    yield
+    sys.modules.pop("plugins_cli", None)
+
+
+# ---------------------------------------------------------------------------------------- help, list
+@pytest.mark.parametrize("argv", [[], ["run"], ["report"], ["list"], ["check"]])
+def test_help_everywhere_with_examples(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "python -m benchmark" in out
+
+
+def test_bad_usage_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--jobs", "many"])
+    assert info.value.code == 2
+
+
+def test_list_methods_datasets_suites(capsys, tmp_path):
+    assert main(["list", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "methods:" in out and "datasets" in out and "suites:" in out
+    lines = out.splitlines()
+    assert any(l.split()[:1] == ["random"] and l.rstrip().endswith("available") for l in lines)
+    assert any(l.split()[:3] == ["synthetic", "files", "present"] for l in lines)
+    assert any(l.split()[:2] == ["mirflickr25k", "files"] and "absent" in l for l in lines)
+    assert any(l.split()[:1] == ["quick"] for l in lines)
+
+
+# ---------------------------------------------------------------------------------------- check
+def test_check_passes_a_good_method_and_fails_a_bad_one(plugins, capsys):
+    assert main(["check", "random", "--quiet"]) == 0
+    assert "all common checks passed" in capsys.readouterr().out
+    assert main(["check", "plugins_cli:BadCodes", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "codes_format" in err
+
+
+def test_check_unknown_method_exits_2(capsys):
+    assert main(["check", "no-such-method"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown method 'no-such-method'")
+
+
+# ---------------------------------------------------------------------------------------- run, report
+def test_run_prints_tables_and_report_reproduces_them_byte_for_byte(tmp_path, capsys):
+    suite = write_suite(tmp_path, seeds="[0, 1]")
+    res, rep = tmp_path / "results", tmp_path / "reports"
+    argv = ["run", "--suite", str(suite), "--results-dir", str(res), "--reports-dir", str(rep), "--no-plots", *FAST]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "| method" in out and "syn I→T 8" in out and "mask rate 0.5" in out
+    assert "16 run(s) ok (16 ran now, 0 already recorded)" in err
+    first = {p.name: p.read_bytes() for p in rep.iterdir()}
+    assert {"results.md", "table_map_mask0.md", "table_map_mask0.tex", "table_map_mask0.5.md", "table_timing.md"} <= set(first)
+    shutil.rmtree(rep)
+    assert main(["report", "--results-dir", str(res), "--reports-dir", str(rep), "--no-plots"]) == 0
+    assert {p.name: p.read_bytes() for p in rep.iterdir()} == first
+    # a second run skips every recorded run and still prints the table
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "16 of 16 run(s) already recorded, skipped" in err and "| method" in out
+
+
+def test_filters_dry_run_and_bad_filter(tmp_path, capsys):
+    suite = write_suite(tmp_path)
+    res = tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results-dir", str(res), "--methods", "random", "--bits", "8",
+                 "--dry-run", *FAST]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and all("random on syn, 8 bits" in line and "[to run]" in line for line in out)
+    assert not res.exists()
+    assert main(["run", "--suite", str(suite), "--results-dir", str(res), "--bits", "64", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --bits 64 matches no run of suite tiny; valid: 8, 16"]
+
+
+def test_failed_run_exits_1_and_the_rest_is_recorded(tmp_path, plugins, capsys):
+    suite = write_suite(tmp_path, methods="[random, 'plugins_cli:Failing']", bits="[8]", masks="[0.0]")
+    res = tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results-dir", str(res), "--no-report", "--quiet", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "failed: plugins_cli:Failing on syn" in err and "1 of 2 run(s) failed" in err
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (res / "records").glob("*.json"))
+    assert statuses == ["failed", "ok"]
+
+
+def test_absent_datasets_are_skipped_not_an_error(tmp_path, capsys):
+    suite = tmp_path / "absent.yaml"
+    suite.write_text("datasets: [mirflickr25k]\nmethods: [random]\nbits: [8]\nmask_rates: [0.0]\nseeds: [0]\n")
+    assert main(["run", "--suite", str(suite), "--data-root", str(tmp_path / "none"), "--results-dir",
+                 str(tmp_path / "r"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "skipped dataset mirflickr25k" in err and "nothing to run" in err
+
+
+def test_cuda_without_a_gpu_is_bad_input(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    suite = write_suite(tmp_path, methods="[dcmh]", bits="[8]", masks="[0.0]")
+    assert main(["run", "--suite", str(suite), "--results-dir", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_suite_file_one_line_no_traceback_in_a_real_process(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [wiki]\nmethods: [random]\nbits: []\nmask_rates: [0]\nseeds: [0]\n")
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "run", "--suite", str(bad)], cwd=tmp_path,
+                          env=env_with(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: suite bad: 'bits' is an empty list (empty grid); give at least one value"]
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------- kill -9, resume
+def _records(results: Path) -> list[Path]:
+    folder = results / "records"
+    return [p for p in folder.glob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def _check_consistent(results: Path, expected: set[str]) -> set[str]:
+    """Every record parses, is complete, matches its file name and has loadable codes."""
+    store = RecordStore(results)
+    ids = set()
+    for path in _records(results):
+        rec = json.loads(path.read_text())
+        assert rec["run_id"] == path.stem and rec["status"] == "ok", path
+        assert rec["run_id"] in expected
+        codes = store.read_codes(rec["run_id"])
+        assert codes["db_image"].shape[1] == rec["spec"]["n_bits"]
+        assert (results / rec["protocol"]["file"]).is_file()
+        ids.add(rec["run_id"])
+    return ids
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun_loses_corrupts_and_duplicates_nothing(tmp_path):
+    suite = write_suite(tmp_path, seeds="[0, 1, 2]")
+    specs = expand_suite(suite).specs
+    expected = {s.run_id for s in specs}
+    assert len(expected) == 24
+    seed = int(os.environ.get("CMH_KILL_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchmark", "run", "--suite", str(suite), "--results-dir", str(results),
+           "--no-report", "--quiet", *FAST]
+    kills = []
+    for attempt in range(3):
+        done = len(_records(results))
+        if done >= len(expected) - 1:
+            break
+        target = rng.randint(done + 1, len(expected) - 1)  # kill once this many records exist ...
+        delay = rng.uniform(0.0, 0.05)  # ... plus a little, to land inside a later run or write
+        jobs = str(1 + attempt % 2)
+        proc = subprocess.Popen(cmd + ["--jobs", jobs], cwd=tmp_path, env=env_with(), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and len(_records(results)) < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the runner and its workers, like kill -9 on the group
+            kills.append((jobs, target, round(delay, 3)))
+        proc.wait()
+        _check_consistent(results, expected)
+    assert kills, f"no kill landed (seed {seed})"
+    final = subprocess.run(cmd + ["--jobs", "2"], cwd=tmp_path, env=env_with(), capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, (seed, kills, final.stderr)
+    assert _check_consistent(results, expected) == expected, (seed, kills)
+    assert len(_records(results)) == len(expected)
+    leftovers = [p.name for sub in ("records", "codes", "protocols") for p in (results / sub).iterdir()
+                 if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    # the interrupted suite gives the same codes and metrics as an uninterrupted one
+    ref = tmp_path / "reference"
+    run_specs(specs, RunSettings(results_dir=str(ref), threads=1, evaluation=expand_suite(suite).evaluation),
+              progress=False)
+    a, b = RecordStore(results), RecordStore(ref)
+    for rid in expected:
+        ca, cb = a.read_codes(rid), b.read_codes(rid)
+        assert all(np.array_equal(ca[k], cb[k]) for k in cb), rid
+        assert json.dumps(a.read(rid)["metrics"], sort_keys=True) == json.dumps(b.read(rid)["metrics"], sort_keys=True)
