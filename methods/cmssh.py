@@ -20,8 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmark.errors import InputError
-from methods.base import Hasher, binarize
-from methods.scm import _as_float, _col_sum, _project, _top_singular_pair
+from methods.scm import AffineCodes, _as_float, _col_sum, _project, _top_singular_pair
 
 __all__ = ["CMSSH", "sample_pairs", "boost"]
 
@@ -170,7 +169,7 @@ def boost(x, y, x_mean, y_mean, i, j, s, n_bits: int, n_thresholds: int, max_ref
     return {"p": p_all, "q": q_all, **out}
 
 
-class CMSSH(Hasher):
+class CMSSH(AffineCodes):
     """Cross-modality similarity-sensitive hashing (Bronstein et al., CVPR 2010), boosted affine bits.
 
     Parameters
@@ -243,13 +242,3 @@ class CMSSH(Hasher):
         self.image_offset_, self.text_offset_ = out["a"], out["b"]
         self.alpha_, self.pair_error_ = out["alpha"], out["eps"]
         return self
-
-    def encode_image(self, image):
-        self._check_fitted("image_proj_")
-        image = self._validate_encode(image, "image", self.image_proj_.shape[0])
-        return binarize(_project(_as_float(image), self.image_proj_, self.image_offset_))
-
-    def encode_text(self, text):
-        self._check_fitted("text_proj_")
-        text = self._validate_encode(text, "text", self.text_proj_.shape[0])
-        return binarize(_project(_as_float(text), self.text_proj_, self.text_offset_))

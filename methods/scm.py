@@ -180,7 +180,24 @@ def _orth_complement(basis: np.ndarray, k: int, rng: np.random.Generator) -> np.
 
 
 # ------------------------------------------------------------------------------------------ methods
-class _SCMBase(Hasher):
+class AffineCodes(Hasher):
+    """Hashers whose bits are affine projections per modality: sign(x @ proj_ + offset_).
+
+    Subclasses set ``image_proj_``, ``image_offset_``, ``text_proj_`` and ``text_offset_`` in ``fit``.
+    """
+
+    def encode_image(self, image):
+        self._check_fitted("image_proj_")
+        image = self._validate_encode(image, "image", self.image_proj_.shape[0])
+        return binarize(_project(_as_float(image), self.image_proj_, self.image_offset_))
+
+    def encode_text(self, text):
+        self._check_fitted("text_proj_")
+        text = self._validate_encode(text, "text", self.text_proj_.shape[0])
+        return binarize(_project(_as_float(text), self.text_proj_, self.text_offset_))
+
+
+class _SCMBase(AffineCodes):
     """Shared fitting plumbing of SCM-Orth and SCM-Seq (centring, whitening, C = c X^T S Y)."""
 
     bits_range = (1, 1024)
@@ -229,15 +246,6 @@ class _SCMBase(Hasher):
         """Whitened projections (kx_rank x c), (ky_rank x c) and per-bit values, for M = fa @ gb.T."""
         raise NotImplementedError
 
-    def encode_image(self, image):
-        self._check_fitted("image_proj_")
-        image = self._validate_encode(image, "image", self.image_proj_.shape[0])
-        return binarize(_project(_as_float(image), self.image_proj_, self.image_offset_))
-
-    def encode_text(self, text):
-        self._check_fitted("text_proj_")
-        text = self._validate_encode(text, "text", self.text_proj_.shape[0])
-        return binarize(_project(_as_float(text), self.text_proj_, self.text_offset_))
 
 
 class SCMOrth(_SCMBase):
