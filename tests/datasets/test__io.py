@@ -16,21 +16,6 @@ def _one_line(err) -> str:
     return msg
 
 
-def write_mat73(path, arrays):
-    """A MATLAB v7.3 file as MATLAB writes it: HDF5 with a 512-byte header block, arrays transposed."""
-    import h5py
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for key, value in arrays.items():
-            if sp.issparse(value):
-                c = sp.csc_matrix(value)
-                g = f.create_group(key)
-                g.attrs["MATLAB_sparse"] = np.uint64(c.shape[0])
-                g["data"], g["ir"], g["jc"] = c.data, c.indices.astype(np.uint64), c.indptr.astype(np.uint64)
-            else:
-                f[key] = np.ascontiguousarray(np.asarray(value).T)
-    with open(path, "r+b") as fh:
-        fh.write(b"MATLAB 7.3 MAT-file, Platform: test".ljust(128))
 
 
 # ---------------------------------------------------------------- text matrices
@@ -122,7 +107,7 @@ def test_mat73_without_h5py_is_one_line(tmp_path, monkeypatch):
     assert "v7.3" in msg and "h5py" in msg and str(p) in msg
 
 
-def test_mat73_read_with_h5py(tmp_path):
+def test_mat73_read_with_h5py(tmp_path, write_mat73):
     pytest.importorskip("h5py")
     rng = np.random.default_rng(0)
     dense = rng.integers(0, 2, (7, 5)).astype(np.uint8)

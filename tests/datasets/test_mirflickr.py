@@ -85,21 +85,6 @@ def test_npy_features_by_name_in_the_data_root(tmp_path):
 
 # ---------------------------------------------------------------- raw images (tiny fake release)
 
-def write_mat73(path, arrays):
-    """MATLAB v7.3 as MATLAB writes it: HDF5 after a 512-byte header block, arrays transposed."""
-    import h5py
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for key, value in arrays.items():
-            if sp.issparse(value):
-                c = sp.csc_matrix(value)
-                g = f.create_group(key)
-                g.attrs["MATLAB_sparse"] = np.uint64(c.shape[0])
-                g["data"], g["ir"], g["jc"] = c.data, c.indices.astype(np.uint64), c.indptr.astype(np.uint64)
-            else:
-                f[key] = np.ascontiguousarray(np.asarray(value).T)
-    with open(path, "r+b") as fh:
-        fh.write(b"MATLAB 7.3 MAT-file, Platform: test".ljust(128))
 
 
 def _fake_release(root, n=12, h=5, w=7, layout="matlab", labels=None):
@@ -126,7 +111,7 @@ def test_raw_images_by_default_in_any_layout(tmp_path, layout):
     assert ds.protocol.sizes == {"query": 3, "database": 9, "train": 4}
 
 
-def test_raw_images_mat73(tmp_path):
+def test_raw_images_mat73(tmp_path, write_mat73):
     pytest.importorskip("h5py")
     lab, tags, pixels = _fake_release(tmp_path)
     write_mat73(tmp_path / "mirflickr25k-iall.mat", {"IAll": pixels.transpose(1, 2, 3, 0)})
