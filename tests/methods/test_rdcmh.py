@@ -330,6 +330,11 @@ def test_nd_hash_functions_are_affine_maps_of_the_features():
     assert np.array_equal(h.encode_image(img), np.where(z @ w.T + b >= 0, 1, -1).astype(np.int8))
 
 
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_ns_ignores_unlabeled_items_entirely():
     img, txt, lab, labeled = _toy(n=100)
     rng = np.random.default_rng(9)
@@ -338,10 +343,13 @@ def test_ns_ignores_unlabeled_items_entirely():
     txt2[~labeled] = 1.0 - txt2[~labeled]
     a = RDCMH_NS(n_bits=8, **TINY).fit(img, txt, lab, labeled)
     b = RDCMH_NS(n_bits=8, **TINY).fit(img2, txt2, lab, labeled)
+    # Codes of short runs are dominated by the (seeded) initialisation, so compare the trained weights.
+    assert _same_weights(a.image_net_, b.image_net_) and _same_weights(a.text_net_, b.text_net_)
     assert np.array_equal(a.encode_image(img), b.encode_image(img))
-    assert np.array_equal(a.encode_text(txt), b.encode_text(txt))
-    full = RDCMH(n_bits=8, **TINY).fit(img2, txt2, lab, labeled)
-    assert not np.array_equal(full.encode_image(img), a.encode_image(img))
+    # The perturbation is not vacuous: full RDCMH, which uses unlabeled items, trains differently.
+    full_a = RDCMH(n_bits=8, **TINY).fit(img, txt, lab, labeled)
+    full_b = RDCMH(n_bits=8, **TINY).fit(img2, txt2, lab, labeled)
+    assert not _same_weights(full_a.image_net_, full_b.image_net_)
 
 
 def test_ns_needs_three_labeled_items():

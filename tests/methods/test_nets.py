@@ -1,0 +1,49 @@
+"""The shared deep-method plumbing in methods/nets.py."""
+import numpy as np
+import pytest
+import torch
+
+from benchmark.errors import InputError
+from methods.nets import Dropout, ImageNet, Standardizer, TextNet, resolve_device
+
+
+def test_dropout_matches_the_distribution_of_nn_dropout():
+    torch.manual_seed(0)
+    x = torch.ones(400, 500, requires_grad=True)
+    d = Dropout(0.5)
+    y = d(x)
+    kept = (y != 0).float()
+    assert abs(kept.mean().item() - 0.5) < 0.01          # P(keep) = 1 - p
+    assert torch.all((y == 0) | (y == 2.0))              # kept entries are scaled by 1 / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept * 2.0)               # gradient flows only through kept entries
+    d.eval()
+    assert torch.equal(d(x), x)                          # identity at evaluation
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_networks_use_the_fast_dropout_and_are_deterministic_in_eval():
+    net = ImageNet(12, 8, hidden=16)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+    assert sum(isinstance(m, Dropout) for m in net.modules()) == 2
+    net.eval()
+    x = torch.randn(5, 12)
+    assert torch.equal(net(x), net(x))
+    assert TextNet(7, 4, hidden=16)(torch.randn(3, 7)).shape == (3, 4)
+
+
+def test_standardizer_sparse_equals_dense_and_leaves_constant_columns():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((50, 6)) < 0.3).astype(np.float64)
+    x[:, 2] = 1.0
+    dense = Standardizer().fit(x).transform(x)
+    sparse = Standardizer().fit(sp.csr_matrix(x)).transform(sp.csr_matrix(x))
+    np.testing.assert_allclose(dense, sparse, atol=1e-6)
+    assert np.all(dense[:, 2] == 0)
+
+
+def test_bad_device_is_a_one_line_input_error():
+    with pytest.raises(InputError, match="device='tpu9' is invalid"):
+        resolve_device("tpu9")
