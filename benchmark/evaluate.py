@@ -438,5 +438,6 @@ def evaluate_run(spec: RunSpec, *, data_root=None, device: str = "cpu", config: 
             "uses_own_distance": own_distance,
             "needs_labels": bool(cls.needs_labels),
         },
-        extras=_json_safe(getattr(method, "extras_", None) or {}),
+        extras=_json_safe(method.extras() if callable(getattr(method, "extras", None))
+                          else getattr(method, "extras_", None) or {}),
     )

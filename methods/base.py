@@ -216,6 +216,24 @@ class Hasher:
         clean[labeled] = vis.astype(np.uint8)
         return image, text, clean, labeled.copy()
 
+    def extras(self) -> dict[str, Any]:
+        """Method-specific results kept in each run record: loss curves, training diagnostics, and how
+        defaults were chosen.
+
+        The default gathers every learned attribute whose name ends in ``history_`` (``loss_history_``,
+        ``history_``, ...) under its name without the trailing underscore, a class attribute
+        ``validation_selection`` if there is one, and the dict ``extras_`` if the method sets one.
+        """
+        out: dict[str, Any] = {}
+        selection = getattr(type(self), "validation_selection", None)
+        if selection:
+            out["validation_selection"] = selection
+        for name, value in vars(self).items():
+            if name.endswith("history_"):
+                out[name[:-1]] = value
+        out.update(getattr(self, "extras_", None) or {})
+        return out
+
     def _check_fitted(self, *attrs: str) -> None:
         fitted = [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]
         if not fitted or any(not hasattr(self, a) for a in attrs):

@@ -42,6 +42,7 @@ PLUGINS = textwrap.dedent('''
             self.wi_ = rng.standard_normal((image.shape[1], self.n_bits))
             self.wt_ = rng.standard_normal((text.shape[1], self.n_bits))
             self.extras_ = {"loss": np.array([3.0, 2.0, 1.0]), "note": "spy"}
+            self.kl_history_ = np.array([0.5, 0.25])
             return self
 
         def encode_image(self, x):
@@ -93,7 +94,8 @@ def test_fit_sees_only_training_rows_with_masked_labels_zeroed(plugins):
     assert seen["labeled"].sum() == n - round(0.6 * n) == out.mask["n_labeled"]
     assert not seen["labels"][~seen["labeled"]].any()  # hidden labels are zero
     assert np.array_equal(seen["labels"][seen["labeled"]], train_labels[seen["labeled"]])
-    assert out.extras == {"loss": [3.0, 2.0, 1.0], "note": "spy"}
+    # Explicit extras_ plus every learned *history_ attribute (loss curves) by default.
+    assert out.extras == {"loss": [3.0, 2.0, 1.0], "note": "spy", "kl_history": [0.5, 0.25]}
 
 
 def test_metrics_of_both_directions_with_conventions(plugins):

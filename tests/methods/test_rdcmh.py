@@ -368,3 +368,11 @@ def test_nj_learns_codes_first_then_fits_networks_to_them():
     assert h.history_["fit_loss"][-5:].mean() < h.history_["fit_loss"][:5].mean()  # regression onto B progresses
     joint = RDCMH(n_bits=8, **TINY).fit(img, txt, lab, labeled)
     assert not np.array_equal(joint.encode_image(img), h.encode_image(img))
+
+
+def test_extras_keep_the_loss_curve_and_the_validation_selection():
+    """What the run record stores beside the metrics (benchmark.evaluate uses Hasher.extras)."""
+    img, txt, lab, labeled = _toy(n=60)
+    ex = RDCMH(n_bits=8, **TINY).fit(img, txt, lab, labeled).extras()
+    assert ex["validation_selection"] == RDCMH.validation_selection
+    assert len(ex["history"]["loss"]) == TINY["n_iter"]
