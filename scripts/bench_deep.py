@@ -9,7 +9,7 @@ its peak allocated GPU memory) is its own. Sizes (synthetic data, all items are 
 
 Methods that cannot be imported are reported as skipped. The paper settings of DCMH/RDCMH take
 hours at MIRFlickr size on a CPU, so ``--epochs N`` (applied to methods that have an ``epochs``
-parameter) runs N epochs and the report extrapolates linearly to the method's default epochs
+or ``n_epochs`` parameter) runs N epochs and the report extrapolates linearly to the method's default epochs
 (``projected_s``), which is exact up to the per-epoch time being constant.
 
     python scripts/bench_deep.py                       # all sizes, defaults
@@ -54,9 +54,10 @@ def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str
     if "device" in names:
         params["device"] = device
     default_epochs = None
-    if epochs is not None and "epochs" in names:
-        default_epochs = cls().get_params()["epochs"]
-        params["epochs"] = epochs
+    key = next((k for k in ("epochs", "n_epochs") if k in names), None)  # CDQ calls it n_epochs
+    if epochs is not None and key is not None:
+        default_epochs = cls().get_params()[key]
+        params[key] = epochs
     h = cls(**params)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -70,7 +71,7 @@ def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str
         "method": method, "size": size, "n_items": ds.n_items, "n_bits": n_bits, "device": device,
         "threads": threads, "fit_s": round(fit_s, 2), "encode_s": round(encode_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "epochs_run": params.get("epochs"), "default_epochs": default_epochs,
+        "epochs_run": params.get("epochs", params.get("n_epochs")), "default_epochs": default_epochs,
         "projected_s": round(fit_s * default_epochs / epochs, 1) if default_epochs else round(fit_s, 2),
     }
     if device.startswith("cuda"):
