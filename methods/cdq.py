@@ -36,7 +36,8 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher
-from methods.nets import ImageNet, Standardizer, TextNet, forward_in_batches, resolve_device, seeded, to_tensor
+from methods.nets import (ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device, seeded,
+                          to_tensor)
 
 __all__ = ["CDQ", "pack_indices", "unpack_indices", "aqd_inner", "inter_codebook_products"]
 
@@ -355,11 +356,11 @@ class CDQ(Hasher):
             inet = ImageNet(image.shape[1], self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
             tnet = TextNet(text.shape[1], self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
             gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2 ** 31)))
-            opt = torch.optim.SGD([
+            opt = optimizer("sgd", [
                 {"params": [p for n_, p in inet.named_parameters() if not n_.startswith("fc8")], "lr": self.lr_image},
                 {"params": inet.fc8.parameters(), "lr": 10 * self.lr_image},
                 {"params": tnet.parameters(), "lr": self.lr_text},
-            ], lr=self.lr_image, momentum=self.momentum)
+            ], dev, lr=self.lr_image, momentum=self.momentum)
             base_lrs = [g["lr"] for g in opt.param_groups]
 
             lab_t = torch.as_tensor(labels.astype(np.float32), device=dev)

@@ -18,7 +18,7 @@ import torch
 from benchmark.errors import InputError
 from methods.base import Hasher
 from methods.dcmh import check_number, encode_with, pair_similarity
-from methods.nets import ImageNet, Standardizer, TextNet, resolve_device, seeded
+from methods.nets import ImageNet, Standardizer, TextNet, optimizer, resolve_device, seeded
 
 __all__ = ["CHN", "chn_losses", "cosine_margin_loss", "bitwise_margin_loss"]
 
@@ -186,8 +186,8 @@ class CHN(Hasher):
             img_net = _Hashing(ImageNet(X.shape[1], c, hidden=int(self.image_hidden), dropout=float(self.dropout))).to(dev)
             txt_net = _Hashing(TextNet(Y.shape[1], c, hidden=int(self.text_hidden), dropout=float(self.dropout))).to(dev)
             params = list(img_net.parameters()) + list(txt_net.parameters())
-            opt = torch.optim.SGD(params, lr=float(self.lr), momentum=float(self.momentum),
-                                  weight_decay=float(self.weight_decay))
+            opt = optimizer("sgd", params, dev, lr=float(self.lr), momentum=float(self.momentum),
+                            weight_decay=float(self.weight_decay))
             img_net.train()
             txt_net.train()
             history = []

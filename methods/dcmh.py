@@ -20,7 +20,7 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher, binarize
-from methods.nets import ImageNet, Standardizer, TextNet, forward_in_batches, resolve_device, seeded
+from methods.nets import ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device, seeded
 
 __all__ = ["DCMH", "dcmh_objective", "dcmh_update_codes", "dcmh_batch_loss", "pair_similarity", "encode_with", "check_number"]
 
@@ -169,7 +169,7 @@ class DCMH(Hasher):
     schedules stay near the floor or land erratically between runs, and on small training sets
     (the common checks' 300 items: 3 steps per epoch) the method stays near the random floor, which
     is why ``beats_random_floor`` is a declared known failure. The paper's schedule with
-    4096/8192-wide layers costs ~21 min per Wiki run on 2 CPU cores (2.5 s per epoch) and ~2.5 h at
+    4096/8192-wide layers costs ~16 min per Wiki run on 2 CPU cores (~1.9 s per epoch) and ~2 h at
     MIRFlickr training size (scripts/bench_deep.py); on an H200 ~76 s and ~220 s. Use
     ``device='cuda'`` where a GPU is at hand.
     """
@@ -240,8 +240,8 @@ class DCMH(Hasher):
             F = torch.randn(n, c, device=dev)
             G = torch.randn(n, c, device=dev)
             B = dcmh_update_codes(F, G, gamma)
-            opt_x = torch.optim.SGD(img_net.parameters(), lr=lrs[0], weight_decay=float(self.weight_decay))
-            opt_y = torch.optim.SGD(txt_net.parameters(), lr=lrs[0], weight_decay=float(self.weight_decay))
+            opt_x = optimizer("sgd", img_net.parameters(), dev, lr=lrs[0], weight_decay=float(self.weight_decay))
+            opt_y = optimizer("sgd", txt_net.parameters(), dev, lr=lrs[0], weight_decay=float(self.weight_decay))
             history = []
             for epoch in range(int(self.epochs)):
                 for opt in (opt_x, opt_y):

@@ -27,7 +27,7 @@ from benchmark.errors import InputError
 
 __all__ = [
     "TextNet", "ImageNet", "Dropout", "Standardizer", "resolve_device", "seeded", "forward_in_batches",
-    "register_backbone", "BACKBONES", "to_tensor",
+    "register_backbone", "BACKBONES", "to_tensor", "optimizer",
 ]
 
 
@@ -165,6 +165,27 @@ class ImageNet(nn.Module):
 
     def forward(self, x):
         return self.fc8(self.drop(torch.relu(self.fc7(self.backbone(x)))))
+
+
+def optimizer(kind: str, params, device: torch.device, **kw) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` or ``Adam`` with the update loop that is fastest for the case at hand.
+
+    Same update rule either way; only how it is executed differs. On CPU, for networks with about
+    a million parameters or more (the papers' 4096-wide layers), the fused kernel: the default
+    per-tensor loop allocates a weight-decay temporary per step and is ~6x slower (189 vs 30 ms per
+    SGD step on a 4096 x 4096 layer, 2 threads). Small networks and GPUs keep torch's default,
+    which has no fixed per-step cost.
+    """
+    params = list(params)
+    if params and isinstance(params[0], dict):  # parameter groups: materialise generators before counting
+        params = [{**g, "params": list(g["params"])} for g in params]
+        tensors = [p for g in params for p in g["params"]]
+    else:
+        tensors = params
+    n = sum(p.numel() for p in tensors)
+    fused = device.type == "cpu" and n >= 1_000_000
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[kind]
+    return cls(params, fused=True, **kw) if fused else cls(params, **kw)
 
 
 @torch.no_grad()

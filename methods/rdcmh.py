@@ -26,7 +26,8 @@ from torch import nn
 from benchmark.errors import InputError
 from methods._triplets import SemiSupervisedSimilarity, sample_triplets
 from methods.base import Hasher, binarize
-from methods.nets import BACKBONES, ImageNet, Standardizer, TextNet, forward_in_batches, resolve_device, seeded
+from methods.nets import (BACKBONES, ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device,
+                          seeded)
 
 __all__ = ["RDCMH", "RDCMH_NW", "RDCMH_ND", "RDCMH_NS", "RDCMH_NJ", "relaxed_hamming", "ranking_terms",
            "rdcmh_loss", "update_codes"]
@@ -415,8 +416,8 @@ class RDCMH(Hasher):
     def _train_joint(self, img_net, txt_net, x, y, sim, gen, dev) -> dict:
         """Algorithm 1: alternate image step, text step, B update (Eq. 12)."""
         n, lam = x.shape[0], float(self.lam)
-        opt_x = torch.optim.Adam(img_net.parameters(), lr=float(self.lr), fused=True)
-        opt_y = torch.optim.Adam(txt_net.parameters(), lr=float(self.lr), fused=True)
+        opt_x = optimizer("adam", img_net.parameters(), dev, lr=float(self.lr))
+        opt_y = optimizer("adam", txt_net.parameters(), dev, lr=float(self.lr))
         with torch.no_grad():
             f_buf = self._forward_all(img_net, x)
             g_buf = self._forward_all(txt_net, y)
@@ -479,8 +480,8 @@ class RDCMH(Hasher):
             b[idx] = update_codes(f_tab[idx], g_tab[idx], lam)
             stage1.append(float(loss.detach()))
         # Stage 2: regress each network onto B (the quantisation term alone).
-        opt_x = torch.optim.Adam(img_net.parameters(), lr=float(self.lr), fused=True)
-        opt_y = torch.optim.Adam(txt_net.parameters(), lr=float(self.lr), fused=True)
+        opt_x = optimizer("adam", img_net.parameters(), dev, lr=float(self.lr))
+        opt_y = optimizer("adam", txt_net.parameters(), dev, lr=float(self.lr))
         img_net.train(), txt_net.train()
         stage2 = []
         m = 3 * int(self.batch_size)  # as many items per step as a triplet batch

@@ -47,3 +47,34 @@ def test_standardizer_sparse_equals_dense_and_leaves_constant_columns():
 def test_bad_device_is_a_one_line_input_error():
     with pytest.raises(InputError, match="device='tpu9' is invalid"):
         resolve_device("tpu9")
+
+
+def test_optimizer_fuses_only_big_networks_on_cpu_and_keeps_groups():
+    from methods.nets import optimizer
+
+    big, small = torch.nn.Linear(1024, 1024), torch.nn.Linear(8, 4)
+    cpu = torch.device("cpu")
+    assert optimizer("sgd", big.parameters(), cpu, lr=0.1).defaults["fused"] is True
+    assert not optimizer("adam", small.parameters(), cpu, lr=0.1).defaults.get("fused")
+    opt = optimizer("sgd", [{"params": big.parameters(), "lr": 0.2}, {"params": small.parameters()}], cpu,
+                    lr=0.1, momentum=0.9)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.1]
+
+
+def test_fused_and_default_sgd_take_the_same_step():
+    from methods.nets import optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(1000, 1000)
+    b = torch.nn.Linear(1000, 1000)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(16, 1000)
+    fused = optimizer("sgd", a.parameters(), torch.device("cpu"), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    plain = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
