@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from numba import njit
 
 from benchmark.errors import InputError
 
@@ -155,16 +156,83 @@ def boundary_positions(m: int, n_bins: int) -> np.ndarray:
     return np.minimum(-(-b * m // n_bins), m - 1)  # ceil(b m / n_bins): equal-count bins
 
 
-def _order_statistics(rows: torch.Tensor, kth: np.ndarray) -> torch.Tensor:
-    """Exact k-th smallest values of each row (0-based ``kth``), shape (rows, len(kth)).
+@njit(cache=True, nogil=True)
+def _bins_kernel(rows, exclude, kth, out):  # pragma: no cover - compiled; tested through rank_bins
+    """CPU ranking-list bins, row by row: exact order statistics by bucket selection, then the bins.
 
-    Selection in O(n) per row on the host (numpy's introselect is ~4x faster than a full sort
-    on CPU); a sort on accelerators, where it is cheap. Both return the same exact values.
+    For each row (column ``exclude[r]`` left out): one pass for min / max, one to bucket the values
+    linearly between them (the bucket index is monotone in the value, so every value of a lower
+    bucket is smaller), then each wanted order statistic is selected exactly among its bucket's
+    values only. Buckets hold one or two items on average, so this is ~3 passes over a row where
+    ``np.partition`` with 4 boundaries made ~4 selections over the whole row (7.3 vs ~1 ms for
+    128 x 2173). With heavy ties (label-only similarity) one bucket can hold most of the row; it
+    then costs at most one selection per boundary, none when that bucket is a single repeated value. ``out[r, j]`` = number of thresholds >= ``rows[r, j]``; the excluded
+    column gets ``len(kth) + 1`` (= n_bins).
     """
-    if rows.device.type == "cpu":
-        part = np.partition(rows.numpy(), kth, axis=1)[:, kth]
-        return torch.from_numpy(np.ascontiguousarray(part))
-    return torch.sort(rows, dim=1).values[:, torch.as_tensor(kth, device=rows.device)]
+    b, n = rows.shape
+    nk = kth.size
+    nb = max(16, n // 2)
+    hist = np.zeros(nb, np.int64)
+    bucket = np.empty(n, np.int64)
+    thr = np.empty(nk, rows.dtype)
+    tmp = np.empty(n, rows.dtype)
+    for r in range(b):
+        row = rows[r]
+        ex = exclude[r]
+        lo, hi = np.inf, -np.inf
+        for j in range(n):
+            if j != ex:
+                v = row[j]
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
+        if not hi > lo:  # all other items equally similar: every threshold is that value
+            for k in range(nk):
+                thr[k] = lo
+        else:
+            scale = nb / (np.float64(hi) - np.float64(lo))
+            hist[:] = 0
+            for j in range(n):
+                if j == ex:
+                    bucket[j] = -1
+                    continue
+                q = int((np.float64(row[j]) - np.float64(lo)) * scale)
+                if q >= nb:
+                    q = nb - 1
+                bucket[j] = q
+                hist[q] += 1
+            last, m, bmin, bmax = -1, 0, np.inf, -np.inf
+            for k in range(nk):
+                t = kth[k]
+                q, below = 0, 0
+                while below + hist[q] <= t:
+                    below += hist[q]
+                    q += 1
+                if q != last:  # gather this bucket's values (consecutive boundaries often share one)
+                    m, bmin, bmax = 0, np.inf, -np.inf
+                    for j in range(n):
+                        if bucket[j] == q:
+                            v = row[j]
+                            tmp[m] = v
+                            m += 1
+                            if v < bmin:
+                                bmin = v
+                            if v > bmax:
+                                bmax = v
+                    last = q
+                # A bucket of one repeated value (ties) needs no selection.
+                thr[k] = bmin if bmin == bmax else np.partition(tmp[:m], t - below)[t - below]
+        for j in range(n):
+            if j == ex:
+                out[r, j] = nk + 1
+                continue
+            v = row[j]
+            c = 0
+            for k in range(nk):
+                if v <= thr[k]:
+                    c += 1
+            out[r, j] = c
 
 
 def rank_bins(rows: torch.Tensor, exclude: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -173,16 +241,27 @@ def rank_bins(rows: torch.Tensor, exclude: torch.Tensor, n_bins: int) -> torch.T
     The m = n - 1 other items are cut by rank into ``n_bins`` equal-count bins, bin 0 the most
     similar. An item tied with a boundary's similarity goes to the later bin, so tied items
     always share a bin: two items in different bins differ in similarity, and the one in the
-    lower bin is the more similar (Eq. 2's s_qi > s_qj holds strictly). Only O(n) work per row.
+    lower bin is the more similar (Eq. 2's s_qi > s_qj holds strictly). Only O(n) work per row on CPU
+    (:func:`_bins_kernel`); a sort per row on accelerators. Both give the same bins.
     """
     b, n = rows.shape
     m = n - 1
+    pos = boundary_positions(m, n_bins)
+    kth = (m - 1 - pos).astype(np.int64)  # descending position p among m others = ascending index m-1-p
+    if rows.device.type == "cpu":
+        bins = np.empty((b, n), dtype=np.int64)
+        _bins_kernel(np.ascontiguousarray(rows.detach().numpy()), exclude.numpy().astype(np.int64), kth, bins)
+        return torch.from_numpy(bins)
+    return _rank_bins_sorted(rows, exclude, n_bins, kth)
+
+
+def _rank_bins_sorted(rows: torch.Tensor, exclude: torch.Tensor, n_bins: int, kth: np.ndarray) -> torch.Tensor:
+    """:func:`rank_bins` for accelerators, where a sort per row is cheap: same thresholds, same bins."""
+    b = rows.shape[0]
     ar = torch.arange(b, device=rows.device)
     rows = rows.clone()
     rows[ar, exclude] = float("inf")  # the largest: k-th smallest of the others is unchanged
-    pos = boundary_positions(m, n_bins)
-    kth = (m - 1 - pos).astype(np.int64)  # descending position p among m others = ascending index m-1-p
-    thresholds = _order_statistics(rows, kth).to(rows.device)  # (b, n_bins-1), decreasing in b
+    thresholds = torch.sort(rows, dim=1).values[:, torch.as_tensor(kth, device=rows.device)]  # (b, n_bins-1)
     # bin = number of boundaries whose threshold is >= the value (a loop over the few boundaries).
     bins = torch.zeros(rows.shape, dtype=torch.long, device=rows.device)
     for k in range(thresholds.shape[1]):

@@ -180,7 +180,8 @@ class DCMH(Hasher):
         "beats_random_floor": (
             "with the paper's SGD settings DCMH needs ~10^4 steps to leave the F = G = 0 saddle; the "
             "300-item check data gives 3 steps per epoch (measured: MAP within 0.03 of the floor even "
-            "after 150-500 epochs)"
+            "after 150-500 epochs; with batch 16, 500 epochs = 9,500 steps, I->T/T->I 0.29/0.33 against a floor "
+            "of 0.28/0.29)"
         ),
     }
 

@@ -375,29 +375,16 @@ class RDCMH(Hasher):
             buf = buf[bs:]
 
     def _batches(self, sim, n, gen, dev, count: int):
-        """``count`` triplet batches, each sampled while the previous one trains.
+        """``count`` triplet batches, drawn in order from one generator (so the same seed gives the same batches).
 
-        Sampling (Eq. 1 rows, bins, draws) takes ~20 % of an iteration on CPU and does not depend on
-        the networks, so one worker thread prepares batch t+1 during the optimiser steps of batch t.
-        It is the only user of ``gen`` and runs one batch at a time, in order, so the batches (and
-        the codes) are exactly those of a sequential loop.
+        Drawn inline, between optimiser steps. A worker thread that prepared batch t+1 during the
+        steps of batch t was tried and is slower on CPU: its torch calls open a second OpenMP team
+        that competes with the training's for the same cores (Wiki, 500 iterations, 2 threads:
+        26.9 s with the thread vs 19.6 s inline, identical codes; scripts/bench_rdcmh.py).
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         stream = self._queries(n, gen)
-
-        def draw():
-            return self._batch(sim, next(stream), gen, dev)
-
-        if count <= 0:
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdcmh-triplets") as pool:
-            pending = pool.submit(draw)
-            for t in range(count):
-                batch = pending.result()
-                if t + 1 < count:
-                    pending = pool.submit(draw)
-                yield batch
+        for _ in range(count):
+            yield self._batch(sim, next(stream), gen, dev)
 
     def _batch(self, sim, queries, gen, dev):
         tb = sample_triplets(sim, queries.to(dev), int(self.n_bins), gen)

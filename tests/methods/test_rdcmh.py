@@ -131,6 +131,30 @@ def test_ties_share_a_bin_and_go_to_the_later_one():
         assert set(bins[r, others][same[qq, others] == 0]) == {4}
 
 
+@pytest.mark.parametrize("kind", ["continuous", "few_levels", "rounded_normal", "mostly_one_value", "constant"])
+def test_cpu_kernel_and_sorting_path_both_match_brute_force(kind):
+    # The CPU path (bucket selection, methods._triplets._bins_kernel) and the accelerator path (a sort
+    # per row) must give identical bins, ties included; both are checked here on the CPU.
+    from methods._triplets import _rank_bins_sorted
+
+    rng = np.random.default_rng(["continuous", "few_levels", "rounded_normal", "mostly_one_value", "constant"].index(kind))
+    for _ in range(40):
+        b, n, n_bins = int(rng.integers(1, 12)), int(rng.integers(2, 300)), int(rng.integers(2, 8))
+        rows = {"continuous": lambda: rng.random((b, n)),
+                "few_levels": lambda: rng.integers(0, 3, (b, n)) / 3.0,
+                "rounded_normal": lambda: np.round(rng.normal(size=(b, n)), 1),
+                "mostly_one_value": lambda: np.where(rng.random((b, n)) < 0.9, 0.25, rng.random((b, n))),
+                "constant": lambda: np.full((b, n), 0.5)}[kind]()
+        rows = torch.tensor(rows, dtype=torch.float32)
+        q = torch.as_tensor(rng.integers(0, n, b))
+        m = n - 1
+        kth = (m - 1 - boundary_positions(m, n_bins)).astype(np.int64)
+        fast, sorted_path = rank_bins(rows, q, n_bins).numpy(), _rank_bins_sorted(rows, q, n_bins, kth).numpy()
+        for r, qq in enumerate(q.tolist()):
+            ref = _reference_bins(rows[r].numpy(), qq, n_bins)
+            assert (fast[r] == ref).all() and (sorted_path[r] == ref).all()
+
+
 def test_triplets_are_well_formed():
     img, txt, lab, labeled = _toy(n=80)
     sim = SemiSupervisedSimilarity(img, txt, lab, labeled, CPU)
