@@ -157,15 +157,50 @@ def boundary_positions(m: int, n_bins: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _select(a, m, k):  # pragma: no cover - compiled; tested through rank_bins
+    """k-th smallest (0-based) of ``a[:m]``, reordering ``a[:m]`` in place (the multiset is kept).
+
+    Quickselect with a three-way partition, so runs of equal values (ties are common in similarity
+    rows) cost one pass instead of degrading to quadratic time. Hand-written because numba's
+    ``np.partition`` takes ~8 s to compile, which every fresh install would pay.
+    """
+    lo, hi = 0, m - 1
+    while lo < hi:
+        x, y, z = a[lo], a[(lo + hi) // 2], a[hi]  # median of three as the pivot
+        pivot = max(min(x, y), min(max(x, y), z))
+        lt, i, gt = lo, lo, hi
+        while i <= gt:
+            v = a[i]
+            if v < pivot:
+                a[i] = a[lt]
+                a[lt] = v
+                lt += 1
+                i += 1
+            elif v > pivot:
+                a[i] = a[gt]
+                a[gt] = v
+                gt -= 1
+            else:
+                i += 1
+        if k < lt:
+            hi = lt - 1
+        elif k > gt:
+            lo = gt + 1
+        else:
+            return pivot
+    return a[lo]
+
+
+@njit(cache=True, nogil=True)
 def _bins_kernel(rows, exclude, kth, out):  # pragma: no cover - compiled; tested through rank_bins
     """CPU ranking-list bins, row by row: exact order statistics by bucket selection, then the bins.
 
     For each row (column ``exclude[r]`` left out): one pass for min / max, one to bucket the values
     linearly between them (the bucket index is monotone in the value, so every value of a lower
     bucket is smaller), then each wanted order statistic is selected exactly among its bucket's
-    values only. Buckets hold one or two items on average, so this is ~3 passes over a row where
-    ``np.partition`` with 4 boundaries made ~4 selections over the whole row (7.3 vs ~1 ms for
-    128 x 2173). With heavy ties (label-only similarity) one bucket can hold most of the row; it
+    values only (:func:`_select`). Buckets hold one or two items on average, so this is ~3 passes over a row where
+    ``np.partition`` with 4 boundaries made ~4 selections over the whole row (7.3 vs 2.4 ms for
+    128 x 2173 on Wiki). With heavy ties (label-only similarity) one bucket can hold most of the row; it
     then costs at most one selection per boundary, none when that bucket is a single repeated value. ``out[r, j]`` = number of thresholds >= ``rows[r, j]``; the excluded
     column gets ``len(kth) + 1`` (= n_bins).
     """
@@ -222,7 +257,7 @@ def _bins_kernel(rows, exclude, kth, out):  # pragma: no cover - compiled; teste
                                 bmax = v
                     last = q
                 # A bucket of one repeated value (ties) needs no selection.
-                thr[k] = bmin if bmin == bmax else np.partition(tmp[:m], t - below)[t - below]
+                thr[k] = bmin if bmin == bmax else _select(tmp, m, t - below)
         for j in range(n):
             if j == ex:
                 out[r, j] = nk + 1
