@@ -14,6 +14,7 @@ or ``n_epochs`` parameter) runs N epochs and the report extrapolates linearly to
 
     python scripts/bench_deep.py                       # all sizes, defaults
     python scripts/bench_deep.py --sizes wiki --epochs 3 --threads 1 --json out.json
+    python scripts/bench_deep.py --methods dcmh --epochs 2 --set image_hidden=1024 --set text_hidden=4096
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ SIZES = {
 }
 
 
-def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str, threads: int) -> dict:
+def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str, threads: int,
+            overrides: dict | None = None) -> dict:
     """Fit once and encode the training items; runs inside the subprocess."""
     import resource
     import time
@@ -58,6 +60,7 @@ def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str
     if epochs is not None and key is not None:
         default_epochs = cls().get_params()[key]
         params[key] = epochs
+    params.update(overrides or {})
     h = cls(**params)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -72,6 +75,7 @@ def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str
         "threads": threads, "fit_s": round(fit_s, 2), "encode_s": round(encode_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "epochs_run": params.get("epochs", params.get("n_epochs")), "default_epochs": default_epochs,
+        "overrides": overrides or {},
         "projected_s": round(fit_s * default_epochs / epochs, 1) if default_epochs else round(fit_s, 2),
     }
     if device.startswith("cuda"):
@@ -82,12 +86,27 @@ def _worker(method: str, size: str, n_bits: int, epochs: int | None, device: str
 def _run_one(method, size, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, size, "--bits", str(args.bits), "--device", args.device,
            "--threads", str(args.threads)] + (["--epochs", str(args.epochs)] if args.epochs else [])
+    cmd += [f"--set={kv}" for kv in args.set]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"method": method, "size": size, "status": f"failed: {last}"}
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "status": "ok"}
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``["image_hidden=1024", "lr=1e-3"]`` -> ``{"image_hidden": 1024, "lr": 0.001}`` (values parsed as JSON when they can be)."""
+    out = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {kv!r} is invalid; valid: PARAM=VALUE, e.g. --set image_hidden=1024")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv=None) -> int:
@@ -98,12 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="run this many epochs and extrapolate to the default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="override a constructor parameter (repeatable), e.g. --set image_hidden=1024")
     ap.add_argument("--json", type=Path, default=None, help="also write the records here")
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(_worker(*args.worker, args.bits, args.epochs, args.device, args.threads)))
+        print(json.dumps(_worker(*args.worker, args.bits, args.epochs, args.device, args.threads,
+                                 _overrides(args.set))))
         return 0
 
     sys.path.insert(0, str(ROOT))

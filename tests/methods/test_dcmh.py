@@ -142,7 +142,8 @@ def test_fit_records_the_objective_and_the_training_codes():
     img, txt, lab = _small_data()
     labeled = np.arange(img.shape[0]) % 3 > 0
     h = DCMH(n_bits=8, **{**DCMH.check_params, "epochs": 4}).fit(img, txt, lab * labeled[:, None], labeled)
-    assert h.loss_history_.shape == (4,) and np.isfinite(h.loss_history_).all() and (h.loss_history_ > 0).all()
+    assert h.loss_history_.shape == (2,) and np.isfinite(h.loss_history_).all() and (h.loss_history_ > 0).all()
+    assert h.extras()["loss_history_epochs"] == [0, 3]  # the first epoch, every history_every (10), the last
     # B of the last B-step covers every training item, unlabeled ones included.
     assert h.train_codes_.shape == (img.shape[0], 8) and np.isin(h.train_codes_, (-1, 1)).all()
 
