@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from validate import parse_overrides  # scripts/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dcmh", "chn", "cdq", "rdcmh")
 SIZES = {
@@ -95,20 +97,6 @@ def _run_one(method, size, args) -> dict:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "status": "ok"}
 
 
-def _overrides(pairs: list[str]) -> dict:
-    """``["image_hidden=1024", "lr=1e-3"]`` -> ``{"image_hidden": 1024, "lr": 0.001}`` (values parsed as JSON when they can be)."""
-    out = {}
-    for kv in pairs:
-        key, sep, value = kv.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {kv!r} is invalid; valid: PARAM=VALUE, e.g. --set image_hidden=1024")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -125,7 +113,7 @@ def main(argv=None) -> int:
 
     if args.worker:
         print(json.dumps(_worker(*args.worker, args.bits, args.epochs, args.device, args.threads,
-                                 _overrides(args.set))))
+                                 parse_overrides(args.set))))
         return 0
 
     sys.path.insert(0, str(ROOT))
