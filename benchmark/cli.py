@@ -60,6 +60,13 @@ EXAMPLES = {
 }
 
 
+def _shipped_suites() -> list[str]:
+    """Names of the suite files shipped in benchmark/suites (read from disk, so help never goes stale)."""
+    from benchmark.suites import list_suites
+
+    return list_suites()
+
+
 def _epilog(name):
     return textwrap.dedent(EXAMPLES[name]).strip("\n")
 
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run a suite (default: the default suite on Wiki)",
                          description="Run a suite, print the MAP tables and write the reports.")
     run.add_argument("--suite", default="default", metavar="NAME|FILE",
-                     help="a shipped suite (default, quick, full, paper) or a YAML file (default: default)")
+                     help=f"a shipped suite ({', '.join(_shipped_suites())}) or a YAML file (default: default)")
     run.add_argument("--methods", action="append", metavar="A,B", help="only these methods (names or labels)")
     run.add_argument("--datasets", action="append", metavar="A,B", help="only these datasets")
     run.add_argument("--bits", action="append", metavar="16,32", help="only these code lengths")
