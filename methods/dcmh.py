@@ -36,9 +36,10 @@ def dcmh_update_codes(F: torch.Tensor, G: torch.Tensor, gamma: float) -> torch.T
     return torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v))
 
 
-def _pair_terms(theta: torch.Tensor, S: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _pair_terms(theta: torch.Tensor, S: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     # log(1 + e^Theta) - S Theta, summed over visible pairs; softplus avoids overflow of e^Theta.
-    return (mask * (torch.nn.functional.softplus(theta) - S * theta)).sum()
+    terms = torch.nn.functional.softplus(theta) - S * theta
+    return (terms if mask is None else mask * terms).sum()
 
 
 def dcmh_objective(F, G, B, S, mask, gamma: float, eta: float, chunk: int = 1024) -> float:
@@ -61,7 +62,8 @@ def dcmh_objective(F, G, B, S, mask, gamma: float, eta: float, chunk: int = 1024
 
 
 def dcmh_batch_loss(out_b: torch.Tensor, idx: torch.Tensor, own: torch.Tensor, other: torch.Tensor,
-                    B: torch.Tensor, S_b: torch.Tensor, mask_b: torch.Tensor, gamma: float, eta: float) -> torch.Tensor:
+                    B: torch.Tensor, S_b: torch.Tensor, mask_b: torch.Tensor | None, gamma: float, eta: float,
+                    cols: torch.Tensor | None = None) -> torch.Tensor:
     """The part of J that depends on one mini-batch of one network's outputs, unnormalised.
 
     ``out_b`` are the batch outputs (with grad) of the network being trained; ``own`` is that
@@ -69,8 +71,13 @@ def dcmh_batch_loss(out_b: torch.Tensor, idx: torch.Tensor, own: torch.Tensor, o
     ``idx``); ``other`` is the other network's buffer. Its gradient w.r.t. ``out_b[k]`` is Eq. 3
     (image step) or Eq. 4 (text step): 0.5 sum_j M (sigma(Theta) - S) other_j + 2 gamma (out - B)
     + 2 eta own^T 1.
+
+    ``cols`` (optional) restricts the pairwise sum to those items of ``other``; ``S_b`` and ``mask_b``
+    then have one column per entry of ``cols``. Leaving out items whose every pair is masked (the
+    unlabeled ones) is exact and saves their share of the pairwise work (91 % of it at 70 % masking).
+    ``mask_b`` may be ``None`` (every pair visible) or broadcastable, e.g. one column per batch row.
     """
-    theta = 0.5 * out_b @ other.T
+    theta = 0.5 * out_b @ (other if cols is None else other[cols]).T
     pair = _pair_terms(theta, S_b, mask_b)
     quant = ((B[idx] - out_b) ** 2).sum()
     # Column sums over the items outside the batch are constants of this step.
@@ -276,13 +283,18 @@ class DCMH(Hasher):
         n = inputs.shape[0]
         net.train()
         order = torch.as_tensor(rng.permutation(n), device=dev)
+        # Only pairs of two labeled items enter the likelihood: the pairwise sum runs over labeled
+        # columns, and a batch row of an unlabeled item is zeroed by its mask entry (no mask at all
+        # when every item is labeled). Same loss as the full n-column masked sum.
+        cols = None if bool(vis.all()) else torch.nonzero(vis, as_tuple=True)[0]
+        L_cols = L if cols is None else L[cols]
         for start in range(0, n, int(self.batch_size)):
             idx = order[start:start + int(self.batch_size)]
             out = net(inputs[idx])
             own[idx] = out.detach()
-            S_b = pair_similarity(L[idx], L)
-            mask_b = vis[idx, None] * vis[None, :]
-            loss = scale * dcmh_batch_loss(out, idx, own, other, B, S_b, mask_b, gamma, eta)
+            S_b = pair_similarity(L[idx], L_cols)
+            mask_b = None if cols is None else vis[idx, None]
+            loss = scale * dcmh_batch_loss(out, idx, own, other, B, S_b, mask_b, gamma, eta, cols=cols)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -168,3 +168,32 @@ def test_cuda_request_without_gpu_is_an_input_error():
     img, txt, lab = _small_data(n=20)
     with pytest.raises(InputError, match="no CUDA GPU"):
         DCMH(n_bits=8, device="cuda", **DCMH.check_params).fit(img, txt, lab)
+
+
+def test_restricting_the_pair_sum_to_labeled_columns_is_exact():
+    """What fit does (labeled columns only, a per-row mask) equals the full n-column masked batch loss."""
+    F, G, B, L, vis = _case(seed=6, n=9)
+    vis[[2, 5, 7]] = 0.0
+    idx = np.array([0, 2, 3, 8])
+    cols = torch.as_tensor(np.flatnonzero(vis))
+    grads, values = [], []
+    for restricted in (False, True):
+        out = _t(F[idx]).requires_grad_(True)
+        if restricted:
+            loss = dcmh_batch_loss(out, torch.as_tensor(idx), _t(F), _t(G), _t(B),
+                                   pair_similarity(_t(L[idx]), _t(L[np.flatnonzero(vis)])), _t(vis[idx])[:, None],
+                                   1.0, 1.0, cols=cols)
+        else:
+            loss = dcmh_batch_loss(out, torch.as_tensor(idx), _t(F), _t(G), _t(B), pair_similarity(_t(L[idx]), _t(L)),
+                                   _t(np.outer(vis[idx], vis)), 1.0, 1.0)
+        loss.backward()
+        values.append(float(loss.detach()))
+        grads.append(out.grad.numpy())
+    assert values[1] == pytest.approx(values[0], rel=1e-12)
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    # With every item labeled, no mask at all is the same as a mask of ones.
+    out_a, out_b = _t(F[idx]).requires_grad_(True), _t(F[idx]).requires_grad_(True)
+    S = pair_similarity(_t(L[idx]), _t(L))
+    a = dcmh_batch_loss(out_a, torch.as_tensor(idx), _t(F), _t(G), _t(B), S, torch.ones_like(S), 1.0, 1.0)
+    b = dcmh_batch_loss(out_b, torch.as_tensor(idx), _t(F), _t(G), _t(B), S, None, 1.0, 1.0)
+    assert float(a.detach()) == float(b.detach())
