@@ -198,10 +198,11 @@ def _bins_kernel(rows, exclude, kth, out):  # pragma: no cover - compiled; teste
     For each row (column ``exclude[r]`` left out): one pass for min / max, one to bucket the values
     linearly between them (the bucket index is monotone in the value, so every value of a lower
     bucket is smaller), then each wanted order statistic is selected exactly among its bucket's
-    values only (:func:`_select`). Buckets hold one or two items on average, so this is ~3 passes over a row where
-    ``np.partition`` with 4 boundaries made ~4 selections over the whole row (7.3 vs 2.4 ms for
-    128 x 2173 on Wiki). With heavy ties (label-only similarity) one bucket can hold most of the row; it
-    then costs at most one selection per boundary, none when that bucket is a single repeated value. ``out[r, j]`` = number of thresholds >= ``rows[r, j]``; the excluded
+    values only (:func:`_select`). Buckets hold one or two items on average, so this is ~3 passes
+    over a row where ``np.partition`` with 4 boundaries made ~4 selections over the whole row (7.3
+    vs 2.4 ms for 128 x 2173 on Wiki). With heavy ties (label-only similarity) one bucket can hold
+    most of the row; it then costs at most one selection per boundary, none when that bucket is a
+    single repeated value. ``out[r, j]`` = number of thresholds >= ``rows[r, j]``; the excluded
     column gets ``len(kth) + 1`` (= n_bins).
     """
     b, n = rows.shape
@@ -276,8 +277,8 @@ def rank_bins(rows: torch.Tensor, exclude: torch.Tensor, n_bins: int) -> torch.T
     The m = n - 1 other items are cut by rank into ``n_bins`` equal-count bins, bin 0 the most
     similar. An item tied with a boundary's similarity goes to the later bin, so tied items
     always share a bin: two items in different bins differ in similarity, and the one in the
-    lower bin is the more similar (Eq. 2's s_qi > s_qj holds strictly). Only O(n) work per row on CPU
-    (:func:`_bins_kernel`); a sort per row on accelerators. Both give the same bins.
+    lower bin is the more similar (Eq. 2's s_qi > s_qj holds strictly). Only O(n) work per row on
+    CPU (:func:`_bins_kernel`); a sort per row on accelerators. Both give the same bins.
     """
     b, n = rows.shape
     m = n - 1

@@ -131,13 +131,16 @@ def test_ties_share_a_bin_and_go_to_the_later_one():
         assert set(bins[r, others][same[qq, others] == 0]) == {4}
 
 
-@pytest.mark.parametrize("kind", ["continuous", "few_levels", "rounded_normal", "mostly_one_value", "constant"])
+ROW_KINDS = ["continuous", "few_levels", "rounded_normal", "mostly_one_value", "constant"]
+
+
+@pytest.mark.parametrize("kind", ROW_KINDS)
 def test_cpu_kernel_and_sorting_path_both_match_brute_force(kind):
     # The CPU path (bucket selection, methods._triplets._bins_kernel) and the accelerator path (a sort
     # per row) must give identical bins, ties included; both are checked here on the CPU.
     from methods._triplets import _rank_bins_sorted
 
-    rng = np.random.default_rng(["continuous", "few_levels", "rounded_normal", "mostly_one_value", "constant"].index(kind))
+    rng = np.random.default_rng(ROW_KINDS.index(kind))
     for _ in range(40):
         b, n, n_bins = int(rng.integers(1, 12)), int(rng.integers(2, 300)), int(rng.integers(2, 8))
         rows = {"continuous": lambda: rng.random((b, n)),
