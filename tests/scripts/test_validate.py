@@ -47,3 +47,24 @@ def test_validation_map_on_wiki_never_uses_query_items(monkeypatch):
     assert 0.0 < out["val_map_i2t"] < 1.0 and 0.0 < out["val_map_t2i"] < 1.0
     with pytest.raises(SystemExit, match="not a parameter of random"):
         validation_map("random", {"bogus": 1}, "wiki")
+
+
+def test_matched_epochs_keep_the_number_of_sgd_steps():
+    from validate import matched_epochs
+
+    # Wiki: 2173 training items -> 17 batches of 128 per epoch; the 1738-item fit set -> 14.
+    assert matched_epochs(500, 128, 2173, 1738) == round(500 * 17 / 14)
+    assert matched_epochs(500, 128, 2173, 2173) == 500
+    assert matched_epochs(10, 1000, 300, 240) == 10  # one (short) batch per epoch either way
+
+
+def test_match_steps_sets_epochs_and_records_the_training_objective():
+    out = validation_map("dcmh", {"epochs": 2, "image_hidden": 16, "text_hidden": 16}, "wiki", n_bits=8,
+                         seed=0, match_steps=True)
+    assert out["epochs"] == 2  # round(2 * 17 / 14) == 2
+    assert len(out["loss_history"]) == len(out["loss_history_epochs"]) == 2
+    out = validation_map("dcmh", {"epochs": 14, "image_hidden": 16, "text_hidden": 16}, "wiki", n_bits=8,
+                         seed=0, match_steps=True)
+    assert out["epochs"] == 17
+    with pytest.raises(SystemExit, match="no epochs and batch_size"):
+        validation_map("random", {}, "wiki", match_steps=True)
