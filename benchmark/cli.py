@@ -164,15 +164,22 @@ def _cmd_report(args) -> int:
     from benchmark.records import load_records
     from benchmark.reports import print_tables, write_reports
 
-    run_ids = None
+    run_ids = labels = None
     if args.suite is not None:
         from benchmark.suites import expand_suite
 
-        run_ids = [s.run_id for s in expand_suite(args.suite, data_root=args.data_root).specs]
+        specs = expand_suite(args.suite, data_root=args.data_root).specs
+        run_ids = [s.run_id for s in specs]
+        # A run is its resolved spec, not its label: a record written by another suite (or before a
+        # default changed) that resolves to the same run is shown under this suite's label.
+        labels = {s.run_id: (s.label, s.dataset_label) for s in specs}
     frame = load_records(args.results_dir, run_ids=run_ids)
     if frame.empty:
         raise InputError(f"no records in {args.results_dir}/records" + (f" for suite {args.suite}" if args.suite else "")
                          + "; run a suite first")
+    if labels:
+        frame["label"] = frame["run_id"].map(lambda r: labels[r][0])
+        frame["dataset_label"] = frame["run_id"].map(lambda r: labels[r][1])
     if args.metric not in set(frame["metric"].dropna()):
         valid = sorted(m for m in set(frame["metric"].dropna()) if m not in ("precision_at_n", "pr_precision", "pr_recall"))
         raise InputError(f"--metric {args.metric!r} is not in the records; valid: {', '.join(valid)}")

@@ -123,6 +123,22 @@ def test_run_prints_tables_and_report_reproduces_them_byte_for_byte(tmp_path, ca
     assert "16 of 16 run(s) already recorded, skipped" in err and "| method" in out
 
 
+def test_report_of_a_suite_shows_records_of_the_same_runs_under_its_own_labels(tmp_path, capsys):
+    # The run id hashes the resolved spec, not the label: runs recorded by another suite (here under
+    # the label "old") are the same runs, and `report --suite` names them as that suite does.
+    other = write_suite(tmp_path, methods="[{name: random, label: old}]", bits="[8]", masks="[0.0]", name="other")
+    mine = write_suite(tmp_path, methods="[random]", bits="[8]", masks="[0.0]", name="mine")
+    res = tmp_path / "results"
+    assert main(["run", "--suite", str(other), "--results-dir", str(res), "--no-report", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["report", "--results-dir", str(res), "--reports-dir", str(tmp_path / "a"), "--no-plots"]) == 0
+    assert "| old " in capsys.readouterr().out
+    assert main(["report", "--suite", str(mine), "--results-dir", str(res), "--reports-dir", str(tmp_path / "b"),
+                 "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| random " in out and "| old " not in out
+
+
 def test_filters_dry_run_and_bad_filter(tmp_path, capsys):
     suite = write_suite(tmp_path)
     res = tmp_path / "results"
