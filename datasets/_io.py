@@ -20,7 +20,7 @@ from benchmark.errors import DataFileError, InputError
 __all__ = [
     "check_options", "check_int", "search_dirs", "find_file", "try_find_file", "mat_kind",
     "mat_variable_names", "read_mat", "read_array_file", "read_text_matrix", "as_labels", "as_text",
-    "as_features", "as_pixels", "as_image",
+    "as_features", "as_pixels", "as_image", "read_raw_images",
 ]
 
 _MAT73_HEADER = b"MATLAB 7.3 MAT-file"
@@ -347,23 +347,55 @@ def as_features(dataset: str, path: Path, arr, n_items: int) -> np.ndarray:
     return arr
 
 
-def as_pixels(dataset: str, path: Path, arr, n_items: int) -> np.ndarray:
-    """Raw images as uint8 (n, H, W, 3), from (n, H, W, 3), (n, 3, H, W) or MATLAB's (H, W, 3, n)."""
+def as_pixels(dataset: str, path: Path, arr, n_items: int):
+    """Raw images as uint8 (n, H, W, 3), from (n, H, W, 3), (n, 3, H, W) or MATLAB's (H, W, 3, n).
+
+    An in-memory array is returned (transposed into a contiguous copy when needed); a memory map or
+    an :class:`~datasets.images.ImageArray` stays lazy (an ImageArray that transposes per read).
+    """
+    from datasets.images import ImageArray, pixel_layout
+
+    if getattr(type(arr), "is_image_container", False):
+        _check_rows(dataset, path, arr.shape[0], n_items)
+        return arr
     if arr.ndim != 4 or arr.dtype != np.uint8:
         raise DataFileError(
             f"{dataset}: {path}: raw images must be uint8 with 4 axes, got {arr.dtype} shape {arr.shape}"
         )
     s = arr.shape
-    if s[0] == n_items and s[3] == 3:
+    layout = pixel_layout(s, n_items)
+    if layout is None:
+        raise DataFileError(
+            f"{dataset}: {path}: raw images of shape {s} do not fit {n_items} items; "
+            f"valid: ({n_items}, H, W, 3), ({n_items}, 3, H, W) or MATLAB's (H, W, 3, {n_items})"
+        )
+    if isinstance(arr, np.memmap):
+        return ImageArray.from_array(arr, layout)
+    if layout == "nhwc":
         return arr
-    if s[0] == n_items and s[1] == 3:
-        return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
-    if s[3] == n_items and s[2] == 3:
-        return np.ascontiguousarray(arr.transpose(3, 0, 1, 2))
-    raise DataFileError(
-        f"{dataset}: {path}: raw images of shape {s} do not fit {n_items} items; "
-        f"valid: ({n_items}, H, W, 3), ({n_items}, 3, H, W) or MATLAB's (H, W, 3, {n_items})"
-    )
+    return np.ascontiguousarray(arr.transpose((0, 2, 3, 1) if layout == "nchw" else (3, 0, 1, 2)))
+
+
+def read_raw_images(dataset: str, path: Path, n_items: int, key: str = "IAll"):
+    """Raw uint8 images of ``n_items`` items from a file, read lazily where the format allows.
+
+    ``.npy``: memory-mapped; ``.mat`` v7.3 / HDF5: an h5py-backed ImageArray (nothing read yet); ``.mat``
+    v4/v5: loaded into memory (scipy cannot read part of a variable). The result is an ndarray or an
+    :class:`~datasets.images.ImageArray` of shape (n_items, H, W, 3).
+    """
+    from datasets.images import ImageArray
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return ImageArray.from_npy(path, n_items, name=dataset)
+    if suffix != ".mat":
+        raise DataFileError(f"{dataset}: {path}: unsupported raw image file type {suffix!r}; valid: .npy, .mat")
+    kind = mat_kind(path)
+    if kind == "v5":
+        return as_image(dataset, path, read_mat(dataset, path, [key])[key], n_items)
+    _h5py(dataset, path)
+    return ImageArray.from_hdf5(path, key, n_items, matlab_order=kind == "v73", name=dataset)
 
 
 def as_image(dataset: str, path: Path, arr, n_items: int) -> np.ndarray:

@@ -32,14 +32,24 @@ def file_checksum(*paths: Path | str) -> str:
 
 
 def _take(x, idx):
-    return x[idx] if not sp.issparse(x) else sp.csr_matrix(x)[idx]
+    if sp.issparse(x):
+        return sp.csr_matrix(x)[idx]
+    if getattr(type(x), "is_image_container", False):
+        return x.take(idx)
+    if isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.uint8:
+        # Raw images: a split of MIRFlickr is GBs of pixels, so it is a lazy view, never a copy.
+        from datasets.images import ImageArray
+
+        return ImageArray.from_array(x).take(idx)
+    return x[idx]
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Two aligned modalities plus multi-hot labels; row i of each is the same item.
 
-    ``image`` is a float feature matrix ``(n, d)`` or raw ``uint8`` images ``(n, H, W, 3)``;
+    ``image`` is a float feature matrix ``(n, d)`` or raw ``uint8`` images ``(n, H, W, 3)`` (an ndarray, a
+    memory map or a lazy :class:`~datasets.images.ImageArray`);
     ``text`` is a dense or scipy-sparse ``(n, d_text)`` matrix; ``labels`` is ``uint8`` ``(n, m)``.
     ``protocol`` is the dataset's standard protocol (seeded where the split is random).
     """
@@ -68,7 +78,11 @@ class Dataset:
         return "pixels" if getattr(self.image, "ndim", 2) == 4 else "features"
 
     def subset(self, idx) -> tuple[Any, Any, np.ndarray]:
-        """(image, text, labels) rows at ``idx``; sparse text stays sparse."""
+        """(image, text, labels) rows at ``idx``; sparse text stays sparse.
+
+        Raw images come back as a lazy :class:`~datasets.images.ImageArray` view (no pixels are read or
+        copied); feature matrices as arrays.
+        """
         idx = np.asarray(idx)
         return _take(self.image, idx), _take(self.text, idx), self.labels[idx]
 

@@ -6,8 +6,11 @@ Files, looked for in the data root and in ``<data root>/mirflickr25k`` (or ``MIR
   20015 x 1386 binary tags); MATLAB v5 is read with scipy, v7.3 (HDF5) with h5py when installed;
 * an image side, either a feature matrix named with ``image_features=`` (a ``.mat`` holding ``XAll``
   or the variable named by ``image_key=``, a ``.npy`` (memory-mapped), ``.npz`` or text matrix, one
-  row per pair: e.g. 4096-d CNN or 512-d GIST features) or, by default, the raw images
-  ``mirflickr25k-iall.mat`` (``IAll``; returned as uint8 ``(n, H, W, 3)``).
+  row per pair: e.g. 4096-d CNN or 512-d GIST features) or, by default, the raw images: first
+  ``mirflickr25k-iall.npy`` (uint8 ``(n, H, W, 3)``, memory-mapped; written by ``prepare mirflickr25k``),
+  else ``mirflickr25k-iall.mat`` (``IAll``; v7.3 is read lazily through h5py, v5 is loaded into memory).
+  Raw images come back as uint8 ``(n, H, W, 3)``: a lazy :class:`~datasets.images.ImageArray` for
+  ``.npy`` and v7.3 files, so the 3 GB image set is never copied into memory by the loader.
 
 Protocol (DCMH): 2000 random queries, the other 18015 pairs are the database, 10000 training pairs
 drawn from the database; seeded (``seed=0``). Items keep the file order. Text is float32 CSR; labels
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from benchmark.errors import DataFileError, InputError
 from datasets._io import (as_image, as_labels, as_text, check_int, check_options, find_file, read_array_file,
-                          read_mat, search_dirs)
+                          read_mat, read_raw_images, search_dirs)
 from datasets.base import Dataset, file_checksum, random_protocol
 
 __all__ = ["load", "files_present", "required_files", "N_ITEMS", "N_LABELS", "N_QUERY", "N_TRAIN"]
@@ -28,7 +31,7 @@ __all__ = ["load", "files_present", "required_files", "N_ITEMS", "N_LABELS", "N_
 NAME = "mirflickr25k"
 LABELS_FILE = "mirflickr25k-lall.mat"
 TEXT_FILE = "mirflickr25k-yall.mat"
-RAW_IMAGES_FILE = "mirflickr25k-iall.mat"
+RAW_IMAGES_FILES = ("mirflickr25k-iall.npy", "mirflickr25k-iall.mat")  # looked for in this order
 N_ITEMS, N_LABELS, N_QUERY, N_TRAIN = 20015, 24, 2000, 10000
 HOW_TO_GET = ("get the DCMH MIRFlickr-25K release (mirflickr25k-lall/-yall/-iall.mat, see README) into the data "
               "root or <data root>/mirflickr25k, or pass image_features=<file> for a feature matrix")
@@ -57,7 +60,7 @@ def required_files(data_root=None, **options) -> list[Path]:
     """The files a load would read, in checksum order; DataFileError (one line) for the first missing one."""
     opts = _check(options)
     dirs = _dirs(data_root)
-    image = opts["image_features"] if opts["image_features"] is not None else RAW_IMAGES_FILE
+    image = opts["image_features"] if opts["image_features"] is not None else RAW_IMAGES_FILES
     return [find_file(NAME, name, dirs, HOW_TO_GET) for name in (LABELS_FILE, TEXT_FILE, image)]
 
 
@@ -83,11 +86,11 @@ def load(data_root=None, **options) -> Dataset:
         )
     text = as_text(NAME, text_path, read_mat(NAME, text_path, ["YAll"])["YAll"], n)
     if opts["image_features"] is None:
-        raw = read_mat(NAME, image_path, ["IAll"])["IAll"]
+        image = read_raw_images(NAME, image_path, n, key=opts["image_key"] or "IAll")
     else:
         raw = read_array_file(NAME, image_path, key=opts["image_key"], default_keys=("XAll", "IAll"))
-    image = as_image(NAME, image_path, raw, n)
-    del raw
+        image = as_image(NAME, image_path, raw, n)
+        del raw
     protocol = random_protocol(f"{NAME}-dcmh-q{opts['n_query']}-t{opts['n_train']}", n, opts["n_query"],
                                opts["n_train"], seed=opts["seed"])
     dataset = Dataset(

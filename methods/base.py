@@ -49,8 +49,15 @@ def clone(hasher: "Hasher") -> "Hasher":
 def check_modality(x, name: str, *, allow_sparse: bool, allow_pixels: bool = False):
     """Validate one modality's input matrix; return it as float ndarray, CSR matrix or uint8 pixels.
 
-    Raises :class:`InputError` (one line) for wrong types, wrong rank, NaN or inf.
+    Raises :class:`InputError` (one line) for wrong types, wrong rank, NaN or inf. With ``allow_pixels``,
+    raw images (uint8 ``(n, H, W, 3)``: an ndarray, a memory map or a lazy image container such as
+    ``datasets.images.ImageArray``) are returned as they are, checked by dtype and shape only, so a
+    lazy or memory-mapped set is never read here.
     """
+    if getattr(type(x), "is_image_container", False):
+        if not allow_pixels:
+            raise InputError(f"{name}: raw images ({type(x).__name__} {tuple(x.shape)}) are not accepted here; pass a 2-D feature matrix")
+        return _check_pixels(x, name)
     if sp.issparse(x):
         if not allow_sparse:
             raise InputError(f"{name}: sparse input is not supported here; pass a dense array")
@@ -69,15 +76,22 @@ def check_modality(x, name: str, *, allow_sparse: bool, allow_pixels: bool = Fal
     if x.dtype.kind not in "biuf":
         raise InputError(f"{name}: dtype {x.dtype} is not numeric")
     if x.ndim == 4 and allow_pixels:
-        if x.dtype != np.uint8:
-            raise InputError(f"{name}: raw images must be uint8 (n, H, W, 3), got {x.dtype}")
-        return x
+        return _check_pixels(x, name)
     if x.ndim != 2:
         valid = "a 2-D feature matrix" + (" or 4-D uint8 images (n, H, W, 3)" if allow_pixels else "")
         raise InputError(f"{name}: expected {valid}, got shape {x.shape}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         raise InputError(f"{name}: {bad} row(s) contain NaN or inf; features must be finite")
+    return x
+
+
+def _check_pixels(x, name: str):
+    """dtype and shape of raw images; no pixel is read (values 0..255 are guaranteed by uint8)."""
+    if x.dtype != np.uint8:
+        raise InputError(f"{name}: raw images must be uint8 (n, H, W, 3), got {x.dtype}")
+    if x.ndim != 4 or x.shape[3] != 3 or min(x.shape[1:3]) < 1:
+        raise InputError(f"{name}: raw images must have shape (n, H, W, 3) with H, W >= 1, got {tuple(x.shape)}")
     return x
 
 
