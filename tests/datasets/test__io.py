@@ -174,3 +174,33 @@ def test_options_and_missing_file_messages(tmp_path):
         _io.find_file("ds", "f.mat", [tmp_path, tmp_path / "sub"], "get it from X")
     msg = _one_line(err)
     assert "missing file f.mat" in msg and str(tmp_path / "sub") in msg and "get it from X" in msg
+
+
+def test_memmapped_pixels_stay_lazy_in_any_layout(tmp_path):
+    from datasets.images import ImageArray
+
+    nhwc = np.random.default_rng(1).integers(0, 256, (5, 4, 6, 3)).astype(np.uint8)
+    for i, arr in enumerate([nhwc, nhwc.transpose(0, 3, 1, 2), nhwc.transpose(1, 2, 3, 0)]):
+        np.save(tmp_path / f"{i}.npy", np.ascontiguousarray(arr))
+        got = _io.as_image("t", tmp_path / f"{i}.npy", _io.read_array_file("t", tmp_path / f"{i}.npy"), 5)
+        assert isinstance(got, ImageArray)
+        np.testing.assert_array_equal(got[:], nhwc)
+
+
+def test_read_raw_images_npy_v73_v5(tmp_path, write_mat73):
+    from datasets.images import ImageArray
+
+    nhwc = np.random.default_rng(2).integers(0, 256, (6, 4, 5, 3)).astype(np.uint8)
+    np.save(tmp_path / "a.npy", nhwc)
+    write_mat73(tmp_path / "b.mat", {"IAll": nhwc.transpose(1, 2, 3, 0)})  # MATLAB H x W x 3 x n
+    scipy.io.savemat(tmp_path / "c.mat", {"IAll": nhwc})
+    for name, lazy in (("a.npy", True), ("b.mat", True), ("c.mat", False)):
+        got = _io.read_raw_images("t", tmp_path / name, 6)
+        assert isinstance(got, ImageArray) == lazy
+        np.testing.assert_array_equal(np.asarray(got), nhwc)
+    for name, expect in (("a.npy", "do not fit 7 items"), ("b.mat", "do not fit 7 items")):
+        with pytest.raises(DataFileError) as err:
+            _io.read_raw_images("t", tmp_path / name, 7)
+        assert _one_line(err).startswith("t: ") and expect in str(err.value)
+    with pytest.raises(DataFileError, match="valid: .npy, .mat"):
+        _io.read_raw_images("t", tmp_path / "x.png", 6)

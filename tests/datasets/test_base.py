@@ -144,3 +144,58 @@ def test_file_checksum_depends_on_content_and_order(tmp_path):
     b.write_bytes(b"two")
     assert file_checksum(a, b) == file_checksum(a, b) != file_checksum(b, a)
     assert len(file_checksum(a)) == 64
+
+
+# ---------------------------------------------------------------- raw images stay lazy in subsets
+
+def _pixel_dataset(image, n):
+    lab = _labels(n, 4, seed=1)
+    return Dataset("px", image, sp.csr_matrix(np.eye(n, 5, dtype=np.float32)), lab, "x",
+                   random_protocol("p", n, 3, 6, seed=0))
+
+
+def test_subset_of_memmapped_pixels_is_a_lazy_view(tmp_path):
+    from datasets.images import ImageArray
+
+    n = 20
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 4, 5, 3)).astype(np.uint8)
+    mm = np.lib.format.open_memmap(tmp_path / "i.npy", mode="w+", dtype=np.uint8, shape=pixels.shape)
+    mm[:] = pixels
+    ds = _pixel_dataset(mm, n)
+    assert ds.image_kind == "pixels"
+    idx = ds.protocol.train
+    image, text, labels = ds.subset(idx)
+    assert isinstance(image, ImageArray) and image.shape == (idx.size, 4, 5, 3)
+    assert np.shares_memory(image._source.arr, mm)  # the view reads the same mapped pages
+    np.testing.assert_array_equal(image[:], pixels[idx])
+    np.testing.assert_array_equal(labels, ds.labels[idx])
+    # An in-memory pixel array is not copied either.
+    image2, _, _ = _pixel_dataset(pixels, n).subset(idx)
+    assert isinstance(image2, ImageArray) and image2._source.arr is pixels
+
+
+def test_subset_of_a_lazy_container_reads_nothing():
+    from datasets import images as im
+
+    n = 12
+    pixels = np.random.default_rng(2).integers(0, 256, (n, 3, 3, 3)).astype(np.uint8)
+    reads = []
+
+    class Counting(im._ArraySource):
+        def read(self, idx):
+            reads.append(idx.size)
+            return super().read(idx)
+
+    ds = _pixel_dataset(im.ImageArray(Counting(pixels, "nhwc")), n)
+    image, _, _ = ds.subset(ds.protocol.database)
+    assert ds.image_kind == "pixels" and ds.describe()["image"] == [n, 3, 3, 3]
+    assert reads == [] and image.index.tolist() == ds.protocol.database.tolist()
+    np.testing.assert_array_equal(image[[0]], pixels[ds.protocol.database[:1]])
+    assert reads == [1]
+
+
+def test_subset_of_features_is_still_an_array():
+    ds = _pixel_dataset(np.arange(40, dtype=np.float32).reshape(20, 2), 20)
+    image, _, _ = ds.subset([3, 1])
+    assert type(image) is np.ndarray and ds.image_kind == "features"
+    np.testing.assert_array_equal(image, [[6, 7], [2, 3]])

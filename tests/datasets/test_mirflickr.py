@@ -198,3 +198,49 @@ def test_bad_options_are_input_errors(tmp_path):
     _fake_release(tmp_path)
     with pytest.raises(InputError, match="do not fit 12 items"):
         mirflickr.load(tmp_path)  # the standard 2000 queries cannot come from 12 items
+
+
+# ---------------------------------------------------------------- lazy raw images (.npy first, then v7.3)
+
+def test_raw_images_npy_is_memory_mapped_and_preferred(tmp_path):
+    from datasets.images import ImageArray
+
+    lab, tags, pixels = _fake_release(tmp_path)
+    (tmp_path / "mirflickr25k-iall.mat").write_text("an unreadable .mat that must not be opened")
+    npy = tmp_path / "mirflickr25k" / "mirflickr25k-iall.npy"
+    npy.parent.mkdir()
+    np.save(npy, pixels)
+    ds = mirflickr.load(tmp_path, n_query=3, n_train=4)
+    assert isinstance(ds.image, ImageArray) and isinstance(ds.image._source.arr, np.memmap)
+    assert ds.image.shape == pixels.shape and ds.image_kind == "pixels"
+    assert ds.meta["image_file"] == "mirflickr25k-iall.npy"
+    assert ds.checksum == file_checksum(tmp_path / "mirflickr25k-lall.mat", tmp_path / "mirflickr25k-yall.mat", npy)
+    train, _, _ = ds.subset(ds.protocol.train)
+    assert isinstance(train, ImageArray) and train._source is ds.image._source
+    np.testing.assert_array_equal(train[:], pixels[ds.protocol.train])
+
+
+def test_raw_images_mat73_are_lazy(tmp_path, write_mat73):
+    from datasets.images import ImageArray
+
+    lab, tags, pixels = _fake_release(tmp_path)
+    write_mat73(tmp_path / "mirflickr25k-iall.mat", {"IAll": pixels})  # MATLAB n x H x W x 3
+    ds = mirflickr.load(tmp_path, n_query=3, n_train=4)
+    assert isinstance(ds.image, ImageArray) and ds.image._source._file is None  # nothing read yet
+    q, _, _ = ds.subset(ds.protocol.query)
+    np.testing.assert_array_equal(q[:], pixels[ds.protocol.query])
+    np.testing.assert_array_equal(ds.image, pixels)
+
+
+@pytest.mark.parametrize("write, expect", [
+    (lambda p, px: p.write_bytes(b"\x93NUMPY\x01\x00garbage"), "cannot read"),
+    (lambda p, px: np.save(p, px.astype(np.float32)), "must be uint8 with 4 axes"),
+    (lambda p, px: np.save(p, px[:-1]), "do not fit 12 items"),
+])
+def test_bad_npy_images_one_line(tmp_path, write, expect):
+    _, _, pixels = _fake_release(tmp_path)
+    write(tmp_path / "mirflickr25k-iall.npy", pixels)
+    with pytest.raises(DataFileError) as err:
+        mirflickr.load(tmp_path, n_query=3, n_train=4)
+    msg = _one_line(err)
+    assert msg.startswith("mirflickr25k: ") and expect in msg and "mirflickr25k-iall.npy" in msg

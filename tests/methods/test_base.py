@@ -141,3 +141,41 @@ def test_registry_lookup_and_plugins():
 def test_every_registered_method_is_available():
     missing = {i.name: i.reason for i in list_methods() if not i.available}
     assert not missing, f"registered but not importable: {missing}"
+
+
+# ---------------------------------------------------------------- raw images (lazy containers, memmaps)
+
+def test_check_modality_accepts_lazy_images_without_reading(tmp_path):
+    from datasets import images as im
+    from methods.base import check_modality
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3)).astype(np.uint8)
+    reads = []
+
+    class Counting(im._ArraySource):
+        def read(self, idx):
+            reads.append(idx.size)
+            return super().read(idx)
+
+    lazy = im.ImageArray(Counting(pixels, "nhwc")).take([5, 0, 2])
+    assert check_modality(lazy, "image", allow_sparse=True, allow_pixels=True) is lazy
+    assert reads == []
+    with pytest.raises(InputError, match="image: raw images .* are not accepted here"):
+        check_modality(lazy, "image", allow_sparse=True)
+    np.save(tmp_path / "p.npy", pixels)
+    mm = np.load(tmp_path / "p.npy", mmap_mode="r")
+    got = check_modality(mm, "image", allow_sparse=True, allow_pixels=True)
+    assert got.shape == pixels.shape and np.shares_memory(got, mm)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((3, 4, 4, 3), np.float32), "must be uint8"),
+    (np.zeros((3, 4, 4, 2), np.uint8), "shape \\(n, H, W, 3\\)"),
+    (np.zeros((3, 4, 4), np.uint8), "expected a 2-D feature matrix or 4-D uint8"),
+])
+def test_check_modality_rejects_bad_pixels_in_one_line(bad, match):
+    from methods.base import check_modality
+
+    with pytest.raises(InputError, match=match) as err:
+        check_modality(bad, "image", allow_sparse=True, allow_pixels=True)
+    assert "\n" not in str(err.value)
