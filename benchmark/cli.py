@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {run,report,list,check}`` (also installed as ``cmh-bench``).
+"""Command line: ``python -m benchmark {run,report,list,check,prepare}`` (also installed as ``cmh-bench``).
 
 Exit codes: 0 ok; 1 some runs (or checks) failed, the rest still ran and were recorded; 2 bad usage
 or bad input (the one-line reason is printed, no traceback).
@@ -25,6 +25,7 @@ EXAMPLES = {
           {PROG} report                            # tables and plots from the records that exist
           {PROG} list                              # methods, datasets and suites
           {PROG} check scm-orth                    # common checks on a method (or a plug-in)
+          {PROG} prepare mirflickr25k --images Z --annotations A --out DIR   # MIRFlickr from its official files
         """,
     "run": f"""
         examples:
@@ -56,6 +57,17 @@ EXAMPLES = {
           {PROG} check mypackage.hashers:MyHasher
         Runs the common checks (code dtype/shape/values, determinism, pickling, batch = one-by-one
         encoding, masked labels never read, beating the random floor) with the method's check_params.
+        """,
+    "prepare": f"""
+        examples:
+          {PROG} prepare mirflickr25k --images mirflickr25k.zip --annotations mirflickr25k_annotations_v080.zip \\
+              --lall mirflickr25k-lall.mat --yall mirflickr25k-yall.mat --out data/mirflickr25k
+          {PROG} prepare mirflickr25k --images mirflickr/ --annotations annotations/ --out out --rows 0:730 --size 32
+        Writes mirflickr25k-iall.npy (uint8 n x S x S x 3), -lall.mat, -yall.mat, -imageids.csv and a manifest
+        with the sha256 of every input and output. Rows follow the DCMH release (bundled row -> image-id map).
+        Results are compared with --lall/--yall where given; differences are reported (exit 0 with a warning,
+        1 with --strict). An interrupted run resumes; a changed input starts over. Tags are read from
+        meta/tags in --images unless --tags is given.
         """,
 }
 
@@ -247,6 +259,18 @@ def _cmd_check(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- prepare
+def _cmd_prepare(args) -> int:
+    from datasets.prepare_mirflickr import prepare
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers} is invalid; valid: a positive integer")
+    result = prepare(args.images, args.annotations, args.out, tags=args.tags, lall=args.lall, yall=args.yall,
+                     size=args.size, rows=args.rows, chunk=args.chunk, workers=args.workers, strict=args.strict,
+                     progress=args.progress)
+    return 1 if args.strict and not result.ok else 0
+
+
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -260,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     except Exception:
         ver = "unknown"
     parser.add_argument("--version", action="version", version=f"cmh-bench {ver}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,report,list,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,report,list,check,prepare}")
     sub.required = True
 
     common_dirs = argparse.ArgumentParser(add_help=False)
@@ -321,6 +345,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("method", metavar="METHOD|module:Class")
     check.add_argument("--quiet", action="store_true", help="print only the outcome")
     check.set_defaults(func=_cmd_check)
+
+    prep = sub.add_parser("prepare", formatter_class=_formatter, epilog=_epilog("prepare"),
+                          help="build a dataset's files from its official distribution (mirflickr25k)",
+                          description="Build the DCMH MIRFlickr-25K set (20,015 pairs) from the official distribution.")
+    prep.add_argument("dataset", choices=["mirflickr25k"], help="the dataset to build")
+    prep.add_argument("--images", required=True, metavar="DIR|ZIP", help="mirflickr25k.zip or its folder (im1.jpg ...)")
+    prep.add_argument("--annotations", required=True, metavar="DIR|ZIP",
+                      help="mirflickr25k_annotations_v080.zip or its folder (<concept>.txt)")
+    prep.add_argument("--tags", default=None, metavar="DIR|ZIP",
+                      help="tags<N>.txt files (default: meta/tags inside --images, when present)")
+    prep.add_argument("--lall", default=None, metavar="FILE", help="the release's mirflickr25k-lall.mat, to compare with")
+    prep.add_argument("--yall", default=None, metavar="FILE",
+                      help="the release's mirflickr25k-yall.mat, to compare with and to resolve ambiguous rows")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output folder (created when absent)")
+    prep.add_argument("--size", type=int, default=224, metavar="S", help="images are resized to S x S (default 224)")
+    prep.add_argument("--rows", default=None, metavar="A:B", help="only DCMH rows A..B-1 (0-based; default all 20,015)")
+    prep.add_argument("--chunk", type=int, default=256, metavar="N", help="images per resumable chunk (default 256)")
+    prep.add_argument("--workers", type=int, default=None, metavar="N", help="decoding threads (default min(4, cores))")
+    prep.add_argument("--strict", action="store_true", help="exit 1 when a check against LAll/YAll does not pass")
+    prep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bar (default: when stderr is a terminal)")
+    prep.set_defaults(func=_cmd_prepare)
     return parser
 
 
