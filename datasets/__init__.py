@@ -25,6 +25,7 @@ DATA_ROOT_ENV = "CMH_DATA_ROOT"
 # (files present?, one-line reason), without loading, so `list` and suites can skip absent data.
 LOADERS: dict[str, tuple[str, str, str]] = {
     "wiki": ("datasets.wiki", "load", "files_present"),
+    "mirflickr25k-mini": ("datasets.mirflickr_mini", "load", "files_present"),
     "mirflickr25k": ("datasets.mirflickr", "load", "files_present"),
     "nuswide-tc10": ("datasets.nuswide", "load_tc10", "files_present_tc10"),
     "nuswide-tc21": ("datasets.nuswide", "load_tc21", "files_present_tc21"),
