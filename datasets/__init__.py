@@ -53,13 +53,26 @@ def get_loader(name: str):
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, **options) -> Dataset:
-    """Load a dataset by name (see ``LOADERS``) with its standard protocol."""
-    return _loader(name, 1)(resolve_data_root(data_root), **options)
+    """Load a dataset by name (see ``LOADERS``) with its standard protocol.
+
+    ``image_features="gist"`` or ``"cnnf-fc7"`` (with ``gist_size``, or ``image_weights``/``cnnf_size``/
+    ``feature_device``) replaces a pixel image side with cached features (:mod:`datasets.features`);
+    the other options go to the dataset's loader.
+    """
+    from datasets.features import apply_image_features, split_feature_options
+
+    options, feature = split_feature_options(options)
+    dataset = _loader(name, 1)(resolve_data_root(data_root), **options)
+    return dataset if feature is None else apply_image_features(dataset, feature)
 
 
 def dataset_status(name: str, data_root: str | os.PathLike | None = None, **options) -> tuple[bool, str]:
     """(files present?, one-line reason when not) without loading the data."""
-    return _loader(name, 2)(resolve_data_root(data_root), **options)
+    from datasets.features import feature_status, split_feature_options
+
+    options, feature = split_feature_options(options)
+    present, reason = _loader(name, 2)(resolve_data_root(data_root), **options)
+    return feature_status(feature) if present and feature is not None else (present, reason)
 
 
 def list_datasets() -> list[str]:

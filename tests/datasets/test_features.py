@@ -1,0 +1,220 @@
+"""Image feature extractors and their on-disk cache (datasets/features.py), and the dataset option."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import datasets
+from benchmark.errors import InputError
+from datasets import features as feat
+from datasets import gist as gist_mod
+from datasets.base import Dataset, random_protocol
+
+
+def _pixel_dataset(n=24, size=20, seed=0, checksum="pixels-abc"):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = (rng.random((n, 4)) < 0.4).astype(np.uint8)
+    labels[labels.sum(1) == 0, 0] = 1
+    text = rng.random((n, 10)).astype(np.float32)
+    return Dataset("pix", images, text, labels, checksum, random_protocol("pix-p", n, 2, n // 2, seed=seed),
+                   meta={"source": "test"})
+
+
+@pytest.fixture
+def gist_calls(monkeypatch):
+    """Counts the images that go through GIST extraction."""
+    calls = []
+    real = gist_mod.gist
+
+    def counting(images, **kw):
+        calls.append(len(images))
+        return real(images, **kw)
+
+    monkeypatch.setattr(gist_mod, "gist", counting)
+    return calls
+
+
+@pytest.fixture
+def pix_loader(monkeypatch):
+    """A registered dataset 'pix-test' whose image side is pixels (the loader counts its loads)."""
+    mod = types.ModuleType("cmh_test_pixloader")
+    loads = []
+
+    def load(data_root, **options):
+        loads.append(options)
+        return _pixel_dataset(**options)
+
+    mod.load = load
+    mod.files_present = lambda data_root, **options: (True, "")
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(datasets.LOADERS, "pix-test", (mod.__name__, "load", "files_present"))
+    return loads
+
+
+GIST = {"image_features": "gist", "gist_size": 32}
+
+
+# ---------------------------------------------------------------- apply + cache
+
+def test_apply_gist_replaces_pixels_and_records_the_key(tmp_path, gist_calls):
+    ds = _pixel_dataset()
+    out = feat.apply_image_features(ds, GIST, cache_dir=tmp_path)
+    assert out.image.shape == (24, 512) and out.image.dtype == np.float32 and out.image_kind == "features"
+    np.testing.assert_allclose(out.image, gist_mod.gist(ds.image, image_size=32), rtol=1e-5, atol=1e-7)
+    assert out.text is ds.text and out.labels is ds.labels and out.protocol is ds.protocol
+    key = out.meta["image_features_cache_key"]
+    assert len(key) == 64 and out.checksum not in (ds.checksum, key)
+    desc = out.describe()
+    assert desc["image_features"] == "gist" and desc["image_features_cache_key"] == key
+    assert json.loads(desc["image_features_params"])["image_size"] == 32
+    assert desc["pixels_checksum"] == ds.checksum and desc["image_kind"] == "features" and desc["source"] == "test"
+    assert [p.name for p in tmp_path.iterdir()] == [f"gist-{key[:32]}.npz"]
+
+
+def test_second_load_reads_the_cache(tmp_path, gist_calls):
+    ds = _pixel_dataset()
+    a = feat.apply_image_features(ds, GIST, cache_dir=tmp_path)
+    assert sum(gist_calls) == 24
+    b = feat.apply_image_features(ds, GIST, cache_dir=tmp_path)
+    assert sum(gist_calls) == 24  # not recomputed
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.checksum == b.checksum and a.meta == b.meta
+
+
+def test_key_follows_images_parameters_and_version(tmp_path, monkeypatch):
+    ds = _pixel_dataset()
+    ex = feat.make_extractor("gist", image_size=32)
+    key = feat.cache_key(ds.checksum, ds.image, ex)
+    assert key == feat.cache_key(ds.checksum, ds.image.copy(), feat.make_extractor("gist", image_size=32))
+    assert key != feat.cache_key("other", ds.image, ex)                                   # other files
+    assert key != feat.cache_key(ds.checksum, ds.image, feat.make_extractor("gist", image_size=40))
+    other = ds.image.copy()
+    other[-1] ^= 1                                                       # same files, other pixels read
+    assert key != feat.cache_key(ds.checksum, other, ex)
+    monkeypatch.setattr(feat.GistExtractor, "version", "lmgist-test")
+    assert key != feat.cache_key(ds.checksum, ds.image, feat.make_extractor("gist", image_size=32))
+
+
+def _rewrite(path, features=None, header=None):
+    with np.load(path) as z:
+        f, h = z["features"], json.loads(bytes(z["header"]).decode())
+    f = f if features is None else features(f)
+    h = h if header is None else header(h)
+    with open(path, "wb") as fh:
+        np.savez(fh, features=f, header=np.frombuffer(json.dumps(h).encode(), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: p.write_bytes(b"not a zip file"), "unreadable"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "unreadable"),
+    (lambda p: _rewrite(p, features=lambda f: f + np.float32(1)), "corrupt"),
+    (lambda p: _rewrite(p, features=lambda f: f[:-1]), "wrong array"),
+    (lambda p: _rewrite(p, features=lambda f: f.astype(np.float64)), "wrong array"),
+    (lambda p: _rewrite(p, header=lambda h: {**h, "key": "0" * 64}), "stale"),
+])
+def test_corrupt_or_stale_cache_is_rebuilt(tmp_path, gist_calls, damage, why):
+    ds = _pixel_dataset(n=8)
+    good = feat.apply_image_features(ds, GIST, cache_dir=tmp_path)
+    (path,) = tmp_path.iterdir()
+    damage(path)
+    lines = []
+    again = feat.apply_image_features(ds, GIST, cache_dir=tmp_path, log=lines.append)
+    assert sum(gist_calls) == 16  # extracted again
+    assert len(lines) == 1 and why in lines[0] and "rebuilding" in lines[0] and "\n" not in lines[0]
+    np.testing.assert_array_equal(again.image, good.image)
+    # The rebuilt file is good: a third load is a hit with no message.
+    third = feat.apply_image_features(ds, GIST, cache_dir=tmp_path, log=lines.append)
+    assert sum(gist_calls) == 16 and len(lines) == 1
+    np.testing.assert_array_equal(third.image, good.image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
+
+
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(feat.CACHE_ENV, str(tmp_path / "env-cache"))
+    assert feat.resolve_cache_dir() == tmp_path / "env-cache"
+    assert feat.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    feat.apply_image_features(_pixel_dataset(n=4), GIST)
+    assert len(list((tmp_path / "env-cache").glob("gist-*.npz"))) == 1
+    monkeypatch.delenv(feat.CACHE_ENV)
+    assert feat.resolve_cache_dir().parts[-3:] == (".cache", "cmh-bench", "features")
+
+
+def test_extraction_streams_over_chunks(tmp_path, monkeypatch):
+    """The images are read in slices of the batch size, never all at once."""
+    ds = _pixel_dataset(n=10)
+
+    class Lazy:
+        def __init__(self, a):
+            self.a, self.shape, self.dtype, self.ndim, self.reads = a, a.shape, a.dtype, a.ndim, []
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, item):
+            out = self.a[item]
+            self.reads.append(len(out))
+            return out
+
+    lazy = Lazy(ds.image)
+    ex = feat.make_extractor("gist", image_size=32, batch_size=4)
+    f, info = feat.extract_features(lazy, ex, ds.checksum, cache_dir=tmp_path, progress=False)
+    assert f.shape == (10, 512) and not info["cache_hit"] and max(lazy.reads) <= 4
+    np.testing.assert_allclose(f, gist_mod.gist(ds.image, image_size=32), rtol=1e-5, atol=1e-7)
+
+
+def test_features_on_a_features_dataset_is_an_error(tmp_path):
+    ds = _pixel_dataset()
+    fds = Dataset("f", np.zeros((24, 5), np.float32), ds.text, ds.labels, "x", ds.protocol)
+    with pytest.raises(InputError, match=r"image_features='gist' needs pixels .* feature matrix \(24, 5\)"):
+        feat.apply_image_features(fds, GIST, cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- the dataset option
+
+def test_load_dataset_with_image_features(tmp_path, monkeypatch, pix_loader, gist_calls):
+    monkeypatch.setenv(feat.CACHE_ENV, str(tmp_path))
+    pixels = datasets.load_dataset("pix-test", n=12)
+    ds = datasets.load_dataset("pix-test", image_features="gist", gist_size=32, n=12)
+    assert pix_loader == [{"n": 12}, {"n": 12}]  # the loader never sees the extractor's options
+    assert ds.image.shape == (12, 512) and ds.meta["image_features"] == "gist"
+    assert ds.checksum != pixels.checksum and pixels.image_kind == "pixels"
+    again = datasets.load_dataset("pix-test", image_features="gist", gist_size=32, n=12)
+    assert sum(gist_calls) == 12 and again.checksum == ds.checksum
+    assert datasets.dataset_status("pix-test", image_features="gist", gist_size=32) == (True, "")
+
+
+def test_load_dataset_features_on_features_data_is_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(feat.CACHE_ENV, str(tmp_path))
+    with pytest.raises(InputError, match="dataset 'wiki': image_features='gist' needs pixels") as err:
+        datasets.load_dataset("wiki", image_features="gist")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"image_features": "hog"}, r"image_features='hog' is not an extractor; valid: gist, cnnf-fc7"),
+    ({"image_features": "GIST"}, r"image_features='GIST' is not an extractor"),
+    ({"gist_size": 64}, r"gist_size= needs image_features=gist"),
+    ({"image_weights": "w.mat"}, r"image_weights= needs image_features=cnnf-fc7"),
+    ({"image_features": "gist", "image_weights": "w.mat"}, r"image_weights= applies to image_features=cnnf-fc7"),
+    ({"image_features": "cnnf-fc7", "gist_size": 64}, r"gist_size= applies to image_features=gist"),
+    ({"image_features": "gist", "gist_size": 4}, r"gist_size=4 is invalid"),
+    ({"image_features": "cnnf-fc7"}, r"needs image_weights=PATH"),
+])
+def test_bad_feature_options(tmp_path, monkeypatch, pix_loader, options, match):
+    monkeypatch.setenv(feat.CACHE_ENV, str(tmp_path))
+    with pytest.raises(InputError, match=match):
+        datasets.load_dataset("pix-test", **options)
+
+
+def test_feature_files_still_go_to_the_loader():
+    # mirflickr25k / nuswide take image_features=<file>: a value with a suffix is not an extractor.
+    opts, feature = feat.split_feature_options({"image_features": "xall-gist.mat", "seed": 1})
+    assert feature is None and opts == {"image_features": "xall-gist.mat", "seed": 1}
+
+
+def test_status_reports_a_missing_weights_file(tmp_path, pix_loader):
+    ok, why = datasets.dataset_status("pix-test", image_features="cnnf-fc7", image_weights=str(tmp_path / "no.mat"))
+    assert not ok and "no.mat" in why and "no such file" in why
