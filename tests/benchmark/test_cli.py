@@ -261,3 +261,71 @@ def test_kill_9_at_random_points_then_rerun_loses_corrupts_and_duplicates_nothin
         ca, cb = a.read_codes(rid), b.read_codes(rid)
         assert all(np.array_equal(ca[k], cb[k]) for k in cb), rid
         assert json.dumps(a.read(rid)["metrics"], sort_keys=True) == json.dumps(b.read(rid)["metrics"], sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------- prepare
+def _tiny_official(tmp_path, n_images=8):
+    """A made-up official layout: generated JPEGs im1..imN and the 24 annotation files (every image an animal)."""
+    from PIL import Image
+
+    from datasets.prepare_mirflickr import LABEL_NAMES
+
+    img = tmp_path / "mirflickr"
+    img.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, n_images + 1):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(img / f"im{i}.jpg", quality=90)
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    for concept in LABEL_NAMES:
+        ids = range(1, n_images + 1) if concept == "animals" else ()
+        (ann / f"{concept}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return img, ann
+
+
+def test_prepare_help_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "--help"])
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    assert all(flag in help_text for flag in ("--images", "--annotations", "--tags", "--lall", "--yall", "--out",
+                                              "--size", "--rows", "--strict"))
+    for argv in (["prepare", "mirflickr25k", "--images", "x", "--annotations", "y"],   # no --out
+                 ["prepare", "nuswide", "--images", "x", "--annotations", "y", "--out", "z"]):  # not preparable
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+
+
+def test_prepare_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    img, ann = _tiny_official(tmp_path, 2)
+    base = ["prepare", "mirflickr25k", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(base + ["--images", str(tmp_path / "absent.zip"), "--annotations", str(ann)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "absent.zip does not exist" in err
+    assert main(base + ["--images", str(img), "--annotations", str(ann), "--workers", "0"]) == 2
+    assert "--workers 0 is invalid" in capsys.readouterr().err
+    assert main(base + ["--images", str(img), "--annotations", str(ann)]) == 2  # all 20,015 rows, 2 images
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "image im3.jpg is missing" in err and "--rows" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cli_end_to_end_in_a_subprocess(tmp_path):
+    img, ann = _tiny_official(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmark", "prepare", "mirflickr25k", "--images", str(img), "--annotations",
+           str(ann), "--out", str(out), "--rows", "0:5", "--size", "16", "--chunk", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env_with(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "mirflickr25k: rows 0:5 (5): 5 unique" in proc.stdout
+    assert "labels: not compared (no --lall)" in proc.stdout
+    arr = np.load(out / "mirflickr25k-iall.npy")
+    assert arr.shape == (5, 16, 16, 3) and arr.dtype == np.uint8
+    ids = (out / "mirflickr25k-imageids.csv").read_text().splitlines()
+    assert ids == ["dcmh_row,image_id,status"] + [f"{r},{r + 1},unique" for r in range(5)]
+    manifest = json.loads((out / "mirflickr25k-prepare-manifest.json").read_text())
+    assert manifest["images"]["chunks"] == 3 and manifest["checks"]["labels"]["rows_without_label"] == 0
+    # a second run finds every chunk done and decodes nothing
+    again = subprocess.run(cmd, cwd=tmp_path, env=env_with(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "0 chunk(s) decoded now, 3 resumed" in again.stdout
