@@ -245,6 +245,9 @@ def _write_cache(path: Path, key: str, feats: np.ndarray, extractor) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, features=feats, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -218,3 +218,76 @@ def test_feature_files_still_go_to_the_loader():
 def test_status_reports_a_missing_weights_file(tmp_path, pix_loader):
     ok, why = datasets.dataset_status("pix-test", image_features="cnnf-fc7", image_weights=str(tmp_path / "no.mat"))
     assert not ok and "no.mat" in why and "no such file" in why
+
+
+# ---------------------------------------------------------------- cnnf-fc7
+
+def _write_tiny_cnnf(path, input_size=64, fc=(8, 8), seed=0):
+    """A MatConvNet simplenn file (MATLAB v5) with CNN-F's conv layers and narrow fc6/fc7 layers."""
+    from scipy.io import savemat
+
+    backbones = pytest.importorskip("methods.backbones")
+    rng = np.random.default_rng(seed)
+    m = backbones._cnnf_map_size(input_size)
+
+    def cell(*items):
+        c = np.empty((1, len(items)), dtype=object)
+        for i, v in enumerate(items):
+            c[0, i] = v
+        return c
+
+    def conv(name, k, cin, cout, stride, pad):
+        w = (rng.standard_normal((k, k, cin, cout)) * np.sqrt(2.0 / (k * k * cin))).astype(np.float32)
+        return {"type": "conv", "name": name, "weights": cell(w, np.full((cout, 1), 0.01, np.float32)),
+                "stride": np.array([[stride, stride]], float), "pad": np.array([[pad] * 4], float)}
+
+    relu = lambda name: {"type": "relu", "name": name}                                    # noqa: E731
+    lrn = lambda name: {"type": "lrn", "name": name, "param": np.array([[5, 2, 1e-4, 0.75]])}  # noqa: E731
+    pool = lambda name: {"type": "pool", "name": name, "method": "max", "pool": np.array([[3.0, 3.0]]),  # noqa: E731
+                         "stride": np.array([[2.0, 2.0]]), "pad": np.array([[0.0, 1.0, 0.0, 1.0]])}
+    layers = [conv("conv1", 11, 3, 64, 4, 0), relu("relu1"), lrn("norm1"), pool("pool1"),
+              conv("conv2", 5, 64, 256, 1, 2), relu("relu2"), lrn("norm2"), pool("pool2"),
+              conv("conv3", 3, 256, 256, 1, 1), relu("relu3"), conv("conv4", 3, 256, 256, 1, 1), relu("relu4"),
+              conv("conv5", 3, 256, 256, 1, 1), relu("relu5"), pool("pool5"),
+              conv("fc6", m, 256, fc[0], 1, 0), relu("relu6"), conv("fc7", 1, fc[0], fc[1], 1, 0), relu("relu7")]
+    meta = {"normalization": {"imageSize": np.array([[input_size, input_size, 3]], float),
+                              "averageImage": np.array([120.0, 115.0, 100.0], np.float32).reshape(1, 1, 3)}}
+    savemat(path, {"layers": cell(*layers), "meta": meta})
+    return path
+
+
+def test_cnnf_fc7_features_from_a_weights_file(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    backbones = pytest.importorskip("methods.backbones")
+    pixels = pytest.importorskip("methods.pixels")
+    weights = _write_tiny_cnnf(tmp_path / "imagenet-vgg-f.mat")
+    ds = _pixel_dataset(n=6, size=40)
+    option = {"image_features": "cnnf-fc7", "image_weights": str(weights), "feature_device": "cpu"}
+    calls = []
+    real = pixels.forward_pixels
+    monkeypatch.setattr(pixels, "forward_pixels", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out = feat.apply_image_features(ds, option, cache_dir=tmp_path / "cache")
+    assert out.image.shape == (6, 8) and out.image.dtype == np.float32 and (out.image >= 0).all()
+    # The same numbers as the backbone run by hand: eval mode, the file's mean image, 64 x 64 input.
+    net = backbones.build_backbone("cnnf", weights=str(weights)).eval()
+    assert net.input_size == 64
+    x = pixels.PixelTransform(net.input_size, mean=net.pixel_mean, std=net.pixel_std)(ds.image)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(out.image, ref, rtol=1e-4, atol=1e-5)
+    assert out.meta["image_features"] == "cnnf-fc7" and out.meta["image_weights_file"] == "imagenet-vgg-f.mat"
+    assert json.loads(out.meta["image_features_params"])["weights_sha256"] == feat.file_checksum(weights)
+    n_calls = len(calls)
+    again = feat.apply_image_features(ds, option, cache_dir=tmp_path / "cache")
+    assert len(calls) == n_calls and again.checksum == out.checksum  # from the cache
+    # Other weights (same path) are another key: extracted again, other numbers.
+    _write_tiny_cnnf(weights, seed=1)
+    other = feat.apply_image_features(ds, option, cache_dir=tmp_path / "cache")
+    assert len(calls) > n_calls and other.checksum != out.checksum
+    assert not np.allclose(other.image, out.image)
+
+
+def test_cnnf_fc7_weights_file_must_exist(tmp_path):
+    with pytest.raises(InputError, match="image_weights=.*no such file"):
+        feat.apply_image_features(_pixel_dataset(), {"image_features": "cnnf-fc7",
+                                                     "image_weights": str(tmp_path / "none.mat")}, cache_dir=tmp_path)
