@@ -5,23 +5,27 @@
 
 Inputs (the official distribution of Huiskes & Lew, MIR 2008, press.liacs.nl/mirflickr):
 
-* ``mirflickr25k.zip`` or its unpacked folder: ``mirflickr/im1.jpg ... im25000.jpg``, the processed
-  tags ``mirflickr/meta/tags/tags<N>.txt`` (one tag per line), ``meta/tags_raw`` (the raw Flickr
-  tags, not used), EXIF and licence metafiles. The site says it supplies the tags "in two forms",
-  raw and processed; public preprocessing code of DCMH-style sets reads ``meta/tags/tags<N>.txt``
-  (checked with the search tool). The tags are taken from the images source unless ``--tags``
-  names a folder or zip of ``tags<N>.txt`` files.
+* ``mirflickr25k.zip`` ("image collection (incl. tags, EXIF), approx 2.9 Gb", md5
+  A23D0A8564EE84CDA5622A6C2F947785 for the 2008 file, per the download page as mirrored in
+  GarfieldEr007/garfielder007.github.io) or its unpacked folder: ``mirflickr/im1.jpg ... im25000.jpg``,
+  the processed tags ``mirflickr/meta/tags/tags<N>.txt`` (one tag per line), ``meta/tags_raw`` (the raw
+  Flickr tags; the site supplies the tags "in two forms"), EXIF and licence metafiles, and
+  ``doc/common_tags.txt``. Public DCMH-style preprocessing code reads ``meta/tags/tags<N>.txt``. Tags
+  are taken from the images source unless ``--tags`` names a folder or zip of ``tags<N>.txt`` files.
 * ``mirflickr25k_annotations_v080.zip`` or its folder: ``<concept>.txt`` (potential labels) and
   ``<concept>_r1.txt`` (relevant labels, subsets of the former), one image id per line, and a
-  README. Public loaders read exactly these files and skip README and ``_r1`` for the 24 labels.
+  README.txt. Public loaders (e.g. the DeepHash-pytorch preparation the shared data comes from) read
+  exactly these files and skip README and ``_r1`` for the 24 labels. (Layouts checked with the search
+  tool; no copy of the distribution was at hand, so the tests use fake folders in that layout.)
 
 What it writes in ``--out`` (the names the ``mirflickr25k`` loader reads):
 
 * ``mirflickr25k-iall.npy``: uint8 ``(n, S, S, 3)`` RGB, written through ``np.lib.format.open_memmap``
   (load it with ``image_features=<that file>``). Each image is decoded with Pillow, converted to RGB
   and resized as a whole to S x S (default 224; no crop, aspect ratio not kept) with Pillow's
-  antialiased bicubic filter. The DCMH release's ``IAll`` is 20,015 whole images at 224 x 224 (a
-  public script reading it prints h5py shape (20015, 3, 224, 224)); its code is not public, and
+  antialiased bicubic filter. The DCMH release's ``IAll`` is 20,015 images at 224 x 224 (a public
+  script reading it, advanceflow/vdb ``src/DJSRH/dataview.py``, notes h5py shape (20015, 3, 224, 224));
+  how DCMH resized is not public (no crop is the common reading of "resized to 224 x 224"), and
   MATLAB's ``imresize`` defaults to antialiased bicubic, hence this filter. ICC profiles and EXIF
   orientation are not applied (MATLAB's ``imread`` applies neither).
 * ``mirflickr25k-lall.mat``: ``LAll`` uint8 (n, 24), columns in the release's order: the 24
@@ -36,17 +40,20 @@ Rows follow the release through the bundled row -> image-id map (``_data/mirflic
 imageid.csv.gz``): 19,915 rows have one image, 100 have 2-3 candidates with equal labels (see
 :func:`resolve_rows`). The set rule used in checks: DCMH kept the images with at least one
 potential label and at least one tag of the vocabulary; the vocabulary is the tags that occur in at
-least ``MIN_TAG_IMAGES`` = 20 images (public preprocessing code keeps ``common_tags`` with count >= 20
-and expects 20,015 rows). The column order of ``YAll`` is not documented: the tags are first sorted
-alphabetically; when ``--yall`` is given, each ``YAll`` column is matched to the rebuilt column with
-the identical 0/1 vector over the uniquely mapped rows, and a full match reorders the output to the
-release's order (the manifest says whether that order is alphabetical, by frequency, or other).
+least ``MIN_TAG_IMAGES`` = 20 images (public preprocessing notes say 1,386 tags occur in at least 20
+images, and public code keeps ``doc/common_tags.txt`` entries with count >= 20 and expects 20,015 rows;
+found with the search tool in excerpts without a repository name). The column order of ``YAll`` is not
+documented and cannot be checked without the tag files: the tags are first sorted alphabetically; when
+``--yall`` is given, each ``YAll`` column is matched to the rebuilt tag with the identical 0/1 vector
+over the unique and resolved rows, and a full match reorders the output to the release's order (the
+manifest says whether that order is alphabetical, by image count, or other).
 
 Every result that can be compared with ``--lall``/``--yall`` is compared, per column; mismatches are
 reported (stdout and manifest) and the exit status stays 0 unless ``strict``. The image array is
 filled chunk by chunk; a small state file records the chunks done and the sha256 of every input, so
 a rerun resumes, and a changed input starts over. Bad or missing inputs fail with a one-line
-:class:`~benchmark.errors.DataFileError` naming the file before any output is written.
+:class:`~benchmark.errors.DataFileError` naming the file before any output is written; an image that
+exists but cannot be decoded is found while decoding and stops the run the same way (finished chunks kept).
 """
 from __future__ import annotations
 
@@ -84,6 +91,7 @@ OUT_IMAGES, OUT_LABELS, OUT_TEXT = "mirflickr25k-iall.npy", "mirflickr25k-lall.m
 OUT_IDS, OUT_VOCAB = "mirflickr25k-imageids.csv", "mirflickr25k-tags.txt"
 OUT_MANIFEST, STATE_FILE = "mirflickr25k-prepare-manifest.json", ".mirflickr25k-prepare-state.json"
 STATE_VERSION = 1
+ZIP_MD5_2008 = "a23d0a8564ee84cda5622a6c2f947785"  # mirflickr25k.zip as published in 2008 (module docstring)
 RESIZE = "PIL.Image.BICUBIC (antialiased), whole image to S x S"
 _IMAGE_RE = re.compile(r"(?:^|/)im(\d+)\.jpg$")
 _TAGS_RE = re.compile(r"(?:^|/)tags(\d+)\.txt$")
@@ -124,7 +132,8 @@ class _Source:
     def digest(self, names=None) -> dict:
         """sha256 of the zip file, or of the listing "name sha256" of the folder's files used."""
         if self.zip is not None:
-            return {"path": str(self.path), "kind": "zip", "sha256": _sha256_file(self.path)}
+            sha, md5 = _sha256_file(self.path, with_md5=True)
+            return {"path": str(self.path), "kind": "zip", "sha256": sha, "md5": md5}
         h = hashlib.sha256()
         names = sorted(self.names if names is None else names)
         for n in names:
@@ -133,12 +142,14 @@ class _Source:
                 "sha256_of": "lines 'relative/name sha256' of the files used, sorted by name"}
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256_file(path: Path, with_md5: bool = False):
+    h, m = hashlib.sha256(), hashlib.md5()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
-    return h.hexdigest()
+            if with_md5:
+                m.update(block)
+    return (h.hexdigest(), m.hexdigest()) if with_md5 else h.hexdigest()
 
 
 def _index_by_id(source: _Source, pattern: re.Pattern, exclude: str | None = None) -> dict[int, str]:
@@ -370,6 +381,11 @@ def _fill_images(out: Path, state_key: str, names: list[str], source: _Source, s
     path, state_path = out / OUT_IMAGES, out / STATE_FILE
     n_chunks = -(-n // chunk)
     done: set[int] = set()
+
+    def save_state():
+        _write_atomic(state_path, json.dumps({"version": STATE_VERSION, "key": state_key, "chunk": chunk,
+                                              "done": sorted(done)}).encode())
+
     state = None
     if state_path.is_file():
         try:
@@ -389,11 +405,8 @@ def _fill_images(out: Path, state_key: str, names: list[str], source: _Source, s
     resumed = len(done)
     if arr is None:
         done = set()
+        save_state()  # before the array is replaced: a crash in between must not leave old chunks marked done
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-
-    def save_state():
-        _write_atomic(state_path, json.dumps({"version": STATE_VERSION, "key": state_key, "chunk": chunk,
-                                              "done": sorted(done)}).encode())
 
     save_state()
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -498,10 +511,6 @@ def prepare(images, annotations, out, *, tags=None, lall=None, yall=None, size: 
         if len(tag_sets) == N_IMAGES and len(rule_ids) != N_ROWS:
             problems.append(f"set rule: {len(rule_ids)} images have a label and a vocabulary tag, the release has {N_ROWS}")
     unique_rows = np.array([r for r in sel if len(cands[r]) == 1], dtype=np.int64)
-    missing_tags = [int(map_ids[r]) for r in unique_rows if have_tags and int(map_ids[r]) not in tag_sets]
-    if missing_tags:
-        raise DataFileError(f"{NAME}: tag file tags{missing_tags[0]}.txt is missing in {tag_src.path} "
-                            f"({len(missing_tags)} selected image(s) have none); valid: meta/tags/tags<N>.txt for every image")
 
     # YAll's column order. Pass 1 groups the columns by their vector over the uniquely mapped rows; a
     # candidate of an ambiguous row fits when, in every group, it has as many tags as the YAll row
@@ -564,6 +573,9 @@ def prepare(images, annotations, out, *, tags=None, lall=None, yall=None, size: 
               "annotations": ann_src.digest(list(ann_files.values())),
               "annotation_files": {c: hashlib.sha256(ann_src.read(nm)).hexdigest() for c, nm in ann_files.items()},
               "row_map": {"path": MAP_FILE.name, "sha256": _sha256_file(MAP_FILE)}}
+    if img_src.zip is not None:
+        # Informative only: later re-packagings of the archive (v2, v3b) may differ in bytes.
+        inputs["images"]["md5_is_the_published_2008_zip"] = inputs["images"]["md5"] == ZIP_MD5_2008
     if have_tags:
         inputs["tags"] = (tag_src.digest(list(tag_index.values())) if tag_src.zip is None
                           else {**tag_src.digest(), "entries": len(tag_index)})

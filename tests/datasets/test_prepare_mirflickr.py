@@ -208,7 +208,8 @@ def test_zip_inputs_give_the_same_files_as_folders(official, tmp_path):
     b = pm.prepare(zimg, zann, tmp_path / "b", size=SIZE, rows=rows, chunk=16, progress=False, echo=lambda s: None)
     for name in (pm.OUT_IMAGES, pm.OUT_LABELS, pm.OUT_IDS):
         assert a.manifest["outputs"][name]["sha256"] == b.manifest["outputs"][name]["sha256"], name
-    assert b.manifest["inputs"]["images"] == {"path": str(zimg), "kind": "zip", "sha256": _sha(zimg)}
+    info = b.manifest["inputs"]["images"]
+    assert info["kind"] == "zip" and info["sha256"] == _sha(zimg) and info["md5_is_the_published_2008_zip"] is False
 
 
 # ------------------------------------------------------------------------------------------ resuming
@@ -317,6 +318,23 @@ def test_bad_inputs_fail_in_one_line_naming_the_file_before_any_work(official, t
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     if case != "out_is_file":
         assert not out.exists()  # nothing was written
+
+
+@needs_shared
+def test_an_undecodable_image_stops_in_one_line_naming_it(official, tmp_path, capsys):
+    root, img, ann = official
+    broken = tmp_path / "mirflickr"
+    broken.mkdir()
+    for i in range(1, 31):
+        (broken / f"im{i}.jpg").symlink_to(IMAGES / f"im{i}.jpg")
+    (broken / "im3.jpg").unlink()
+    (broken / "im3.jpg").write_bytes(b"\xff\xd8 truncated")
+    argv = ["prepare", "mirflickr25k", "--images", str(broken), "--annotations", str(ann), "--rows", "0:20",
+            "--size", "8", "--chunk", "2", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot decode image" in err and "im3.jpg" in err
+    assert json.loads((tmp_path / "out" / pm.STATE_FILE).read_text())["done"] == [0]  # rows 0-1 kept
 
 
 # ------------------------------------------------------------------------------------------ tags (synthetic)
