@@ -36,8 +36,9 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher
-from methods.nets import (ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device, seeded,
-                          to_tensor)
+from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
+                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
+                          pixel_transform, resolve_device, resolve_image_backbone, seeded, to_tensor)
 
 __all__ = ["CDQ", "pack_indices", "unpack_indices", "aqd_inner", "inter_codebook_products"]
 
@@ -167,10 +168,13 @@ class CDQ(Hasher):
 
     Choices the paper leaves open, and what we chose:
 
-    * networks: the suite's shared :class:`~methods.nets.ImageNet` (feature-vector MLP trunk +
-      fc7, standing in for the paper's ImageNet-pretrained AlexNet, which needs raw pixels) and
+    * networks: the suite's shared :class:`~methods.nets.ImageNet` (on raw pixels CNN-F up to fc7,
+      standing in for the paper's ImageNet-pretrained AlexNet, pretrained only with
+      ``image_weights``; on feature vectors an MLP trunk + fc7) and
       :class:`~methods.nets.TextNet`, whose last layer is the paper's ``fcb`` bottleneck of
-      ``dim`` units followed by tanh; inputs standardised with training statistics;
+      ``dim`` units followed by tanh; feature inputs standardised with training statistics,
+      pixels normalised by the weights file's average image or the training images' channel
+      statistics and read batch by batch (every full pass over the images streams);
     * ``dim = 128`` (the authors' release trains 128-unit bottlenecks); ``alpha = 10 / dim``
       (maps the inner-product range to ``[-10, 10]``); ``quant_weight = lambda = 0.003`` (the
       value in the authors' run script); SGD with momentum 0.9 and batch 64 (the release);
@@ -199,7 +203,7 @@ class CDQ(Hasher):
 
     Deviations from the paper (and additions the paper does not have):
 
-    * no pretrained CNN on pixels (see networks above);
+    * CNN-F instead of AlexNet (see networks above);
     * ``loss="margin"`` is *not* CDQ: it replaces ``L`` by the adaptive margin loss with label
       embeddings of the same authors' DVSQ (CVPR 2017), for users who want label-embedding
       supervision: for each labeled item and each (positive label j, negative label k),
@@ -230,7 +234,11 @@ class CDQ(Hasher):
         SGD schedule; the image net's last layer learns at 10 x ``lr_image`` (as the release).
     icm_sweeps : int
         ICM sweeps per code update.
-    hidden, dropout : network width and dropout (shared networks).
+    hidden, dropout : network width and dropout (shared networks; on pixels ``hidden`` is the text
+        side's only, CNN-F's fc6/fc7 being 4096 wide).
+    image_backbone, image_weights, image_size, freeze_backbone :
+        "auto": CNN-F on raw uint8 images (n, H, W, 3), the MLP trunk on feature vectors. Pixels
+        only: weights file, input size (None = the file's or 224), frozen trunk.
     loss : {"cross_entropy", "margin"}
         ``"cross_entropy"`` is CDQ; ``"margin"`` is the DVSQ-style label-embedding variant.
     label_embeddings : array (n_labels, dim) or None
@@ -244,6 +252,7 @@ class CDQ(Hasher):
 
     bits_range: ClassVar[tuple[int, int]] = (8, 1024)
     needs_labels: ClassVar[bool] = True
+    accepts_pixels: ClassVar[bool] = True
     # Smaller nets and codebooks for the 300-item check data; more, smaller batches so SGD gets
     # enough steps on so few items.
     check_params: ClassVar[dict[str, Any]] = {
@@ -255,7 +264,8 @@ class CDQ(Hasher):
                  lr_image: float = 0.02, lr_text: float = 0.2, lr_decay: float = 0.5, decay_every: int = 5,
                  momentum: float = 0.9, icm_sweeps: int = 3, hidden: int = 4096, dropout: float = 0.5,
                  loss: str = "cross_entropy", label_embeddings=None, ortho_weight: float = 0.0,
-                 device: str = "cpu", random_state: int | None = 0):
+                 image_backbone: str = "auto", image_weights=None, image_size: int | None = None,
+                 freeze_backbone: bool = False, device: str = "cpu", random_state: int | None = 0):
         self.n_bits = n_bits
         self.n_codewords = n_codewords
         self.dim = dim
@@ -274,12 +284,17 @@ class CDQ(Hasher):
         self.loss = loss
         self.label_embeddings = label_embeddings
         self.ortho_weight = ortho_weight
+        self.image_backbone = image_backbone
+        self.image_weights = image_weights
+        self.image_size = image_size
+        self.freeze_backbone = freeze_backbone
         self.device = device
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------ validation
     def _validate_params(self) -> tuple[int, int]:
         """Check every parameter before any work; returns (M, bits per codebook)."""
+        check_image_params("CDQ", self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
         k = self.n_codewords
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2 or (k & (k - 1)):
             raise InputError(f"n_codewords={k!r} is invalid; valid: a power of two >= 2 (e.g. 256)")
@@ -334,6 +349,8 @@ class CDQ(Hasher):
     def fit(self, image, text, labels, labeled=None):
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         m_books, _ = self._validate_params()
+        backbone = resolve_image_backbone("CDQ", self.image_backbone, image)
+        pixels = is_pixels_input(image)
         n = image.shape[0]
         k = int(self.n_codewords)
         if k > 2 * n:
@@ -343,9 +360,9 @@ class CDQ(Hasher):
         alpha = float(self.alpha) if self.alpha is not None else 10.0 / self.dim
         rng = np.random.default_rng(self.random_state)
 
-        self.image_scaler_ = Standardizer().fit(image)
+        self.image_scaler_ = None if pixels else Standardizer().fit(image)
         self.text_scaler_ = Standardizer().fit(text)
-        img_all = self.image_scaler_.transform(image)
+        img_all = None if pixels else self.image_scaler_.transform(image)
         txt_sparse = sp.issparse(text)
         txt_all = None if txt_sparse else self.text_scaler_.transform(text)
 
@@ -353,11 +370,20 @@ class CDQ(Hasher):
             return self.text_scaler_.transform(text[rows]) if txt_sparse else txt_all[rows]
 
         with seeded(self.random_state):
-            inet = ImageNet(image.shape[1], self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
+            inet = make_image_net(backbone, None if pixels else image.shape[1], self.dim, hidden=self.hidden,
+                                  dropout=self.dropout, weights=self.image_weights, image_size=self.image_size,
+                                  freeze=self.freeze_backbone).to(dev)
+            self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
+            if pixels:
+                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, inet.backbone)
+                self.image_size_ = int(inet.backbone.input_size)
+                img_all = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
+                                                                              self.pixel_std_), device=dev)
             tnet = TextNet(text.shape[1], self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
             gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2 ** 31)))
             opt = optimizer("sgd", [
-                {"params": [p for n_, p in inet.named_parameters() if not n_.startswith("fc8")], "lr": self.lr_image},
+                {"params": [p for n_, p in inet.named_parameters() if not n_.startswith("fc8") and p.requires_grad],
+                 "lr": self.lr_image},
                 {"params": inet.fc8.parameters(), "lr": 10 * self.lr_image},
                 {"params": tnet.parameters(), "lr": self.lr_text},
             ], dev, lr=self.lr_image, momentum=self.momentum)
@@ -390,9 +416,13 @@ class CDQ(Hasher):
                 tnet.train()
                 order = torch.randperm(n, generator=gen).numpy()
                 total = 0.0
-                for start in range(0, n, self.batch_size):
-                    rows = np.sort(order[start:start + self.batch_size])
-                    zx = torch.tanh(inet(to_tensor(img_all[rows], dev)))
+                row_batches = [np.sort(order[start:start + self.batch_size]) for start in range(0, n, self.batch_size)]
+                if pixels:
+                    image_batches = img_all.batches(row_batches)
+                else:
+                    image_batches = (to_tensor(img_all[rows], dev) for rows in row_batches)
+                for rows, image_rows in zip(row_batches, image_batches):
+                    zx = torch.tanh(inet(image_rows))
                     zy = torch.tanh(tnet(to_tensor(text_rows(rows), dev)))
                     lab_rows = torch.as_tensor(rows, device=dev)
                     if self.loss == "cross_entropy":
@@ -424,7 +454,7 @@ class CDQ(Hasher):
         self.device_ = dev
         self.codebooks_ = codebooks
         self.n_codebooks_ = m_books
-        self.n_features_ = (image.shape[1], text.shape[1])
+        self.n_features_ = (None if pixels else image.shape[1], text.shape[1])
         self.loss_history_ = history
         self.label_vectors_ = vectors
         return self
@@ -462,7 +492,10 @@ class CDQ(Hasher):
         return cb_t[flat].sum(1)
 
     def _train_embeddings(self, inet, tnet, img_all, text_rows, n, dev):
-        z_img = np.tanh(forward_in_batches(inet, img_all, dev)).astype(np.float64)
+        if isinstance(img_all, TrainImages):  # raw pixels: one streamed pass
+            z_img = np.tanh(img_all.forward(inet).cpu().numpy()).astype(np.float64)
+        else:
+            z_img = np.tanh(forward_in_batches(inet, img_all, dev)).astype(np.float64)
         rows = np.arange(n)
         z_txt = np.tanh(forward_in_batches(tnet, rows, dev, transform=text_rows)).astype(np.float64)
         return z_img, z_txt
@@ -525,8 +558,13 @@ class CDQ(Hasher):
         x = self._validate_encode(x, modality, self.n_features_[which])
         net = self.image_net_ if which == 0 else self.text_net_
         scaler = self.image_scaler_ if which == 0 else self.text_scaler_
+        if which == 0:
+            check_image_input("CDQ", x, self.image_size_ is not None)
         if x.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if which == 0 and self.image_size_ is not None:
+            return np.tanh(encode_pixels(net, x, self.device_, self.image_size_, self.pixel_mean_, self.pixel_std_,
+                                         self.dim))
         return np.tanh(forward_in_batches(net, x, self.device_, transform=scaler.transform))
 
     def _encode(self, x, modality: str) -> np.ndarray:

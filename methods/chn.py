@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from benchmark.errors import InputError
-from methods.base import Hasher
+from methods.base import Hasher, binarize
 from methods.dcmh import check_number, encode_with, pair_similarity
-from methods.nets import ImageNet, Standardizer, TextNet, optimizer, resolve_device, seeded
+from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
+                          is_pixels_input, make_image_net, optimizer, pixel_normalisation, pixel_transform,
+                          resolve_device, resolve_image_backbone, seeded)
 
 __all__ = ["CHN", "chn_losses", "cosine_margin_loss", "bitwise_margin_loss"]
 
@@ -67,7 +69,7 @@ class _Hashing(torch.nn.Module):
 
 
 class CHN(Hasher):
-    """Correlation Hashing Network (Cao et al., 2016/2017), on feature-vector inputs.
+    """Correlation Hashing Network (Cao et al., 2016/2017), on raw pixels (CNN-F) or feature vectors.
 
     Parameters
     ----------
@@ -84,7 +86,12 @@ class CHN(Hasher):
     lr, momentum, weight_decay : float
         Mini-batch SGD with momentum.
     image_hidden, text_hidden : int
-        Widths of the shared networks' hidden layers.
+        Widths of the shared networks' hidden layers (``image_hidden``: feature vectors only).
+    image_backbone, image_weights, image_size, freeze_backbone :
+        "auto": CNN-F (fc6/fc7 inside, then the tanh hashing layer) on raw uint8 images
+        (n, H, W, 3), the MLP stand-in on feature vectors. Pixels only: weights file, input size,
+        frozen trunk; normalised by the file's average image or the training images' channel
+        statistics; read batch by batch.
     dropout : float
         Dropout of the hidden layers of both networks.
     device : str
@@ -94,10 +101,10 @@ class CHN(Hasher):
 
     Choices the paper leaves open (or that we could not confirm in it), and ours
     -----------------------------------------------------------------------------
-    * Networks: CHN fine-tunes AlexNet for images and trains an MLP for text; we have feature
-      vectors, so both modalities go through the suite's shared networks (``nets.ImageNet``'s MLP
-      stand-in for the CNN trunk, ``nets.TextNet``), with a tanh hashing layer on top and inputs
-      standardised with training statistics.
+    * Networks: CHN fine-tunes AlexNet for images and trains an MLP for text; both modalities go
+      through the suite's shared networks (CNN-F, the suite's pixel backbone, standing in for
+      AlexNet, or on feature vectors ``nets.ImageNet``'s MLP stand-in; ``nets.TextNet``), with a
+      tanh hashing layer on top and feature inputs standardised with training statistics.
     * Margins mu_c = mu_q = 0.5: the value the same authors fix for the same two losses in DVSH
       (KDD 2016). We could not retrieve the CHN paper's text to confirm its values or its
       equation numbers, so equations are cited by name here.
@@ -122,18 +129,20 @@ class CHN(Hasher):
 
     Deviations
     ----------
-    * No pretrained AlexNet (see above); no layer-wise learning-rate multipliers; class-balanced
+    * CNN-F instead of AlexNet, pretrained only with ``image_weights`` (see above); no layer-wise learning-rate multipliers; class-balanced
       pair weighting by default (see above).
     """
 
     needs_labels = True
+    accepts_pixels = True
     check_params = {"epochs": 30, "image_hidden": 64, "text_hidden": 64, "batch_size": 64, "lr": 0.1}
 
     def __init__(self, n_bits: int = 32, margin_cos: float = 0.5, margin_bit: float = 0.5,
                  quant_weight: float = 0.01, pair_weighting: str = "balanced", epochs: int = 30,
                  batch_size: int = 128, lr: float = 0.03,
                  momentum: float = 0.9, weight_decay: float = 5e-4, image_hidden: int = 4096,
-                 text_hidden: int = 4096, dropout: float = 0.0, device: str = "cpu",
+                 text_hidden: int = 4096, dropout: float = 0.0, image_backbone: str = "auto", image_weights=None,
+                 image_size: int | None = None, freeze_backbone: bool = False, device: str = "cpu",
                  random_state: int | None = 0):
         self.n_bits = n_bits
         self.margin_cos = margin_cos
@@ -148,10 +157,15 @@ class CHN(Hasher):
         self.image_hidden = image_hidden
         self.text_hidden = text_hidden
         self.dropout = dropout
+        self.image_backbone = image_backbone
+        self.image_weights = image_weights
+        self.image_size = image_size
+        self.freeze_backbone = freeze_backbone
         self.device = device
         self.random_state = random_state
 
     def _validate_params(self) -> torch.device:
+        check_image_params("CHN", self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
         check_number("margin_cos", self.margin_cos, lo=0)
         check_number("margin_bit", self.margin_bit, lo=0)
         check_number("quant_weight", self.quant_weight, lo=0)
@@ -170,22 +184,34 @@ class CHN(Hasher):
     def fit(self, image, text, labels, labeled=None) -> "CHN":
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         dev = self._validate_params()
+        backbone = resolve_image_backbone("CHN", self.image_backbone, image)
+        pixels = is_pixels_input(image)
         c = int(self.n_bits)
         rng = np.random.default_rng(self.random_state)
         # Feature statistics need no labels: they come from all training items.
-        self.image_scaler_ = Standardizer().fit(image)
+        self.image_scaler_ = None if pixels else Standardizer().fit(image)
         self.text_scaler_ = Standardizer().fit(text)
         keep = np.flatnonzero(labeled)
-        X = torch.as_tensor(self.image_scaler_.transform(image[keep]), device=dev)
+        X = None if pixels else TrainImages(torch.as_tensor(self.image_scaler_.transform(image[keep]), device=dev))
         Y = torch.as_tensor(self.text_scaler_.transform(text[keep]), device=dev)
         L = torch.as_tensor(labels[keep], dtype=torch.float32, device=dev)
         n, b = keep.size, int(self.batch_size)
         balanced = self.pair_weighting == "balanced"
 
         with seeded(self.random_state):
-            img_net = _Hashing(ImageNet(X.shape[1], c, hidden=int(self.image_hidden), dropout=float(self.dropout))).to(dev)
+            img_net = _Hashing(make_image_net(
+                backbone, None if pixels else X.tensor.shape[1], c, hidden=int(self.image_hidden),
+                dropout=float(self.dropout), weights=self.image_weights, image_size=self.image_size,
+                freeze=self.freeze_backbone)).to(dev)
+            self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
+            if pixels:
+                # Channel statistics of all training images (they need no labels), or the weights file's.
+                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, img_net.body.backbone)
+                self.image_size_ = int(img_net.body.backbone.input_size)
+                X = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
+                                                                        self.pixel_std_), device=dev, rows=keep)
             txt_net = _Hashing(TextNet(Y.shape[1], c, hidden=int(self.text_hidden), dropout=float(self.dropout))).to(dev)
-            params = list(img_net.parameters()) + list(txt_net.parameters())
+            params = [p for p in list(img_net.parameters()) + list(txt_net.parameters()) if p.requires_grad]
             opt = optimizer("sgd", params, dev, lr=float(self.lr), momentum=float(self.momentum),
                             weight_decay=float(self.weight_decay))
             img_net.train()
@@ -194,9 +220,9 @@ class CHN(Hasher):
             for _ in range(int(self.epochs)):
                 order = torch.as_tensor(rng.permutation(n), device=dev)
                 total = torch.zeros((), device=dev)
-                for start in range(0, n, b):
-                    idx = order[start:start + b]
-                    pair, quant = chn_losses(img_net(X[idx]), txt_net(Y[idx]), L[idx], L[idx],
+                index_batches = [order[start:start + b] for start in range(0, n, b)]
+                for idx, rows in zip(index_batches, X.batches(index_batches)):
+                    pair, quant = chn_losses(img_net(rows), txt_net(Y[idx]), L[idx], L[idx],
                                              float(self.margin_cos), float(self.margin_bit), balanced)
                     loss = pair + float(self.quant_weight) * quant
                     opt.zero_grad(set_to_none=True)
@@ -208,13 +234,17 @@ class CHN(Hasher):
         txt_net.eval()
         self.image_net_, self.text_net_, self.device_ = img_net, txt_net, dev
         self.loss_history_ = np.asarray(history)
-        self.n_features_ = (image.shape[1], text.shape[1])
+        self.n_features_ = (None if pixels else image.shape[1], text.shape[1])
         self.n_bits_ = c
         return self
 
     def encode_image(self, image) -> np.ndarray:
         self._check_fitted("image_net_")
         image = self._validate_encode(image, "image", self.n_features_[0])
+        check_image_input("CHN", image, self.image_size_ is not None)
+        if self.image_size_ is not None:
+            return binarize(encode_pixels(self.image_net_, image, self.device_, self.image_size_, self.pixel_mean_,
+                                          self.pixel_std_, self.n_bits_))
         return encode_with(self.image_net_, self.image_scaler_, image, self.device_, self.n_bits_)
 
     def encode_text(self, text) -> np.ndarray:

@@ -20,7 +20,9 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher, binarize
-from methods.nets import ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device, seeded
+from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
+                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
+                          pixel_transform, resolve_device, resolve_image_backbone, seeded)
 
 __all__ = ["DCMH", "dcmh_objective", "dcmh_update_codes", "dcmh_batch_loss", "pair_similarity", "encode_with", "check_number"]
 
@@ -111,7 +113,7 @@ def check_number(name, value, lo=None, hi=None, integer=False, lo_open=False):
 
 
 class DCMH(Hasher):
-    """Deep Cross-Modal Hashing (Jiang & Li, CVPR 2017), on feature-vector inputs.
+    """Deep Cross-Modal Hashing (Jiang & Li, CVPR 2017), on raw pixels (CNN-F) or feature vectors.
 
     Parameters
     ----------
@@ -130,7 +132,14 @@ class DCMH(Hasher):
         L2 weight decay of SGD (the authors' code: 5e-4).
     image_hidden, text_hidden : int
         Width of the image FC layers and of the text layer full1: 4096 (CNN-F's full6/full7) and
-        8192 (the authors' code), the paper's. See "Network widths" below.
+        8192 (the authors' code), the paper's. See "Network widths" below. ``image_hidden``
+        applies to the feature-vector network only (CNN-F's fc6/fc7 are 4096 wide).
+    image_backbone, image_weights, image_size, freeze_backbone :
+        Image network: "auto" is the paper's CNN-F (then fc8 = c) on raw uint8 images (n, H, W, 3)
+        and the MLP stand-in on feature vectors. On pixels: the weights file (``imagenet-vgg-f.mat``,
+        as the authors start from), input size (None = the file's or 224), frozen trunk (default:
+        fine-tuned, as in the paper); normalised by the file's average image or, from scratch, by
+        the training images' channel statistics; read batch by batch. Ignored on feature vectors.
     dropout : float
         Dropout on the image FC layers.
     device : str
@@ -140,8 +149,8 @@ class DCMH(Hasher):
 
     Choices the paper leaves open, and ours
     ---------------------------------------
-    * Image network: we have feature vectors, not pixels, so CNN-F's convolutional trunk is replaced
-      by the shared ``nets.ImageNet`` MLP stand-in (identity output);
+    * Image network on feature vectors: CNN-F's convolutional trunk is replaced by the shared
+      ``nets.ImageNet`` MLP stand-in (identity output);
       inputs of both modalities are standardised with training statistics (``nets.Standardizer``).
     * Image network widths: the stand-in keeps CNN-F's fully connected part (feature -> 4096 -> 4096
       -> c); only the convolutional trunk is missing.
@@ -181,7 +190,7 @@ class DCMH(Hasher):
 
     Deviations
     ----------
-    * No pretrained CNN-F (see above). The learning-rate schedule, weight decay and loss scaling
+    * CNN-F is pretrained only when ``image_weights`` is given. The learning-rate schedule, weight decay and loss scaling
       come from the authors' public code; the paper does not state them.
     * Initialisation: torch's default for every layer. The authors' code draws the layers it trains
       from scratch (text full1 and full2, image fc8) from N(0, 0.01^2) and starts the rest of the
@@ -213,6 +222,7 @@ class DCMH(Hasher):
     """
 
     needs_labels = True
+    accepts_pixels = True
     # How the default widths were chosen (runners record this with results); scripts/validate.py.
     validation_selection = {
         "protocol": "wiki train 2173 -> 1738 fit/database + 435 validation queries (scripts/validate.py, "
@@ -251,7 +261,8 @@ class DCMH(Hasher):
     def __init__(self, n_bits: int = 32, gamma: float = 1.0, eta: float = 1.0, epochs: int = 500,
                  batch_size: int = 128, lr_start: float = 10 ** -1.5, lr_end: float = 1e-3,
                  weight_decay: float = 5e-4, image_hidden: int = 4096, text_hidden: int = 8192,
-                 dropout: float = 0.5, device: str = "cpu", random_state: int | None = 0):
+                 dropout: float = 0.5, image_backbone: str = "auto", image_weights=None, image_size: int | None = None,
+                 freeze_backbone: bool = False, device: str = "cpu", random_state: int | None = 0):
         self.n_bits = n_bits
         self.gamma = gamma
         self.eta = eta
@@ -263,10 +274,15 @@ class DCMH(Hasher):
         self.image_hidden = image_hidden
         self.text_hidden = text_hidden
         self.dropout = dropout
+        self.image_backbone = image_backbone
+        self.image_weights = image_weights
+        self.image_size = image_size
+        self.freeze_backbone = freeze_backbone
         self.device = device
         self.random_state = random_state
 
     def _validate_params(self) -> torch.device:
+        check_image_params("DCMH", self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
         check_number("gamma", self.gamma, lo=0)
         check_number("eta", self.eta, lo=0)
         check_number("epochs", self.epochs, lo=1, integer=True)
@@ -282,12 +298,14 @@ class DCMH(Hasher):
     def fit(self, image, text, labels, labeled=None) -> "DCMH":
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         dev = self._validate_params()
+        backbone = resolve_image_backbone("DCMH", self.image_backbone, image)
+        pixels = is_pixels_input(image)
         n, c = image.shape[0], int(self.n_bits)
         gamma, eta = float(self.gamma), float(self.eta)
         rng = np.random.default_rng(self.random_state)
-        self.image_scaler_ = Standardizer().fit(image)
+        self.image_scaler_ = None if pixels else Standardizer().fit(image)
         self.text_scaler_ = Standardizer().fit(text)
-        X = torch.as_tensor(self.image_scaler_.transform(image), device=dev)
+        X = None if pixels else TrainImages(torch.as_tensor(self.image_scaler_.transform(image), device=dev))
         Y = torch.as_tensor(self.text_scaler_.transform(text), device=dev)
         L = torch.as_tensor(labels, dtype=torch.float32, device=dev)
         vis = torch.as_tensor(labeled, dtype=torch.float32, device=dev)
@@ -295,7 +313,15 @@ class DCMH(Hasher):
         scale = 1.0 / (n * min(int(self.batch_size), n))
 
         with seeded(self.random_state):
-            img_net = ImageNet(X.shape[1], c, hidden=int(self.image_hidden), dropout=float(self.dropout)).to(dev)
+            img_net = make_image_net(backbone, None if pixels else X.tensor.shape[1], c, hidden=int(self.image_hidden),
+                                     dropout=float(self.dropout), weights=self.image_weights,
+                                     image_size=self.image_size, freeze=self.freeze_backbone).to(dev)
+            self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
+            if pixels:
+                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, img_net.backbone)
+                self.image_size_ = int(img_net.backbone.input_size)
+                X = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
+                                                                        self.pixel_std_), device=dev)
             txt_net = TextNet(Y.shape[1], c, hidden=int(self.text_hidden), dropout=0.0).to(dev)
             # Buffers start as N(0, 1) draws, as in the authors' TensorFlow code. F = G = 0 is a saddle
             # of J (each pairwise gradient is proportional to the other side's outputs), and freshly
@@ -304,7 +330,8 @@ class DCMH(Hasher):
             F = torch.randn(n, c, device=dev)
             G = torch.randn(n, c, device=dev)
             B = dcmh_update_codes(F, G, gamma)
-            opt_x = optimizer("sgd", img_net.parameters(), dev, lr=lrs[0], weight_decay=float(self.weight_decay))
+            opt_x = optimizer("sgd", [p for p in img_net.parameters() if p.requires_grad], dev, lr=lrs[0],
+                              weight_decay=float(self.weight_decay))
             opt_y = optimizer("sgd", txt_net.parameters(), dev, lr=lrs[0], weight_decay=float(self.weight_decay))
             history, history_epochs = [], []
             for epoch in range(int(self.epochs)):
@@ -314,7 +341,7 @@ class DCMH(Hasher):
                 # F-step (Eq. 3): theta_y and B fixed.
                 self._network_pass(img_net, opt_x, X, F, G, B, L, vis, rng, gamma, eta, scale, dev)
                 # G-step (Eq. 4): theta_x and B fixed.
-                self._network_pass(txt_net, opt_y, Y, G, F, B, L, vis, rng, gamma, eta, scale, dev)
+                self._network_pass(txt_net, opt_y, TrainImages(Y), G, F, B, L, vis, rng, gamma, eta, scale, dev)
                 # B-step (Eq. 5-6).
                 B = dcmh_update_codes(F, G, gamma)
                 if epoch % self.history_every == 0 or epoch == int(self.epochs) - 1:
@@ -327,12 +354,15 @@ class DCMH(Hasher):
         self.train_codes_ = B.cpu().numpy().astype(np.int8)
         self.loss_history_ = np.asarray(history)
         self.extras_ = {"loss_history_epochs": history_epochs}
-        self.n_features_ = (image.shape[1], text.shape[1])
+        self.n_features_ = (None if pixels else image.shape[1], text.shape[1])
         return self
 
     def _network_pass(self, net, opt, inputs, own, other, B, L, vis, rng, gamma, eta, scale, dev):
-        """One epoch of SGD on one network; ``own`` (its output buffer) is updated in place."""
-        n = inputs.shape[0]
+        """One epoch of SGD on one network; ``own`` (its output buffer) is updated in place.
+
+        ``inputs`` is a :class:`TrainImages` (feature tensor or raw pixels, prefetched per batch).
+        """
+        n = len(inputs)
         net.train()
         order = torch.as_tensor(rng.permutation(n), device=dev)
         # Only pairs of two labeled items enter the likelihood: the pairwise sum runs over labeled
@@ -340,9 +370,9 @@ class DCMH(Hasher):
         # when every item is labeled). Same loss as the full n-column masked sum.
         cols = None if bool(vis.all()) else torch.nonzero(vis, as_tuple=True)[0]
         L_cols = L if cols is None else L[cols]
-        for start in range(0, n, int(self.batch_size)):
-            idx = order[start:start + int(self.batch_size)]
-            out = net(inputs[idx])
+        index_batches = [order[start:start + int(self.batch_size)] for start in range(0, n, int(self.batch_size))]
+        for idx, rows in zip(index_batches, inputs.batches(index_batches)):
+            out = net(rows)
             own[idx] = out.detach()
             S_b = pair_similarity(L[idx], L_cols)
             mask_b = None if cols is None else vis[idx, None]
@@ -354,6 +384,10 @@ class DCMH(Hasher):
     def encode_image(self, image) -> np.ndarray:
         self._check_fitted("image_net_")
         image = self._validate_encode(image, "image", self.n_features_[0])
+        check_image_input("DCMH", image, self.image_size_ is not None)
+        if self.image_size_ is not None:
+            return binarize(encode_pixels(self.image_net_, image, self.device_, self.image_size_, self.pixel_mean_,
+                                          self.pixel_std_, self.train_codes_.shape[1]))
         return encode_with(self.image_net_, self.image_scaler_, image, self.device_, self.train_codes_.shape[1])
 
     def encode_text(self, text) -> np.ndarray:

@@ -4,17 +4,24 @@ One module on purpose: differences in MAP between deep methods must come from th
 from different networks, initialisations, input scaling or device handling.
 
 * :class:`TextNet`: BoW -> 4096 (ReLU, dropout) -> c (identity), the text network of DCMH and RDCMH.
-* :class:`ImageNet`: a pluggable backbone followed by the two FC layers of the papers
-  (fc7: 4096, ReLU, dropout; fc8: c, identity). The default backbone is an MLP on feature vectors
-  that stands in for CNN-F's convolutional trunk (we have no raw pixels for the bundled data).
-  ``register_backbone`` adds others (a CNN-F on raw pixels is a later piece of work).
+* :class:`ImageNet`: an image backbone followed by the hash layer. On feature vectors the backbone
+  is an MLP standing in for CNN-F's trunk, followed by the two FC layers of the papers (fc7: 4096,
+  ReLU, dropout; fc8: c, identity). On raw pixels the backbone is a network of
+  :mod:`methods.backbones` (CNN-F by default) that already ends with fc6/fc7, so only the hash
+  layer fc8 goes on top (:func:`make_image_net`, :func:`resolve_image_backbone`).
+* :class:`TrainImages`: the image inputs of the training items by index on the training device: a
+  tensor of standardised features, or raw images fetched batch by batch through
+  :class:`methods.pixels.PixelFeeder` (never a float copy of the whole set).
 * :class:`Standardizer`: input standardisation with training statistics. Wiki's L1-normalised
   histograms (entries ~0.008) fed raw make a network output only its biases (PROTOCOLS.md s. 6).
+  Raw pixels are normalised by the backbone's mean/std or the training images' channel
+  statistics instead (:func:`pixel_normalisation`).
 * :func:`resolve_device`, :func:`seeded`, :func:`forward_in_batches`: device choice with no
   CUDA-only path, reproducible initialisation, and bounded-memory encoding of dense or sparse input.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable
 
@@ -27,7 +34,9 @@ from benchmark.errors import InputError
 
 __all__ = [
     "TextNet", "ImageNet", "Dropout", "Standardizer", "resolve_device", "seeded", "forward_in_batches",
-    "register_backbone", "BACKBONES", "to_tensor", "optimizer",
+    "register_backbone", "BACKBONES", "to_tensor", "optimizer", "is_pixels_input", "is_pixel_backbone",
+    "check_image_params", "resolve_image_backbone", "make_image_net", "pixel_normalisation", "pixel_transform",
+    "TrainImages", "encode_pixels", "check_image_input",
 ]
 
 
@@ -152,19 +161,218 @@ def register_backbone(name: str, factory: Callable[..., tuple[nn.Module, int]]) 
 
 
 class ImageNet(nn.Module):
-    """backbone -> fc7 (4096, ReLU, dropout) -> fc8 (c, identity)."""
+    """backbone -> [fc7 (``hidden``, ReLU, dropout)] -> fc8 (c, identity).
 
-    def __init__(self, n_in: int, n_out: int, backbone: str = "mlp", hidden: int = 4096, dropout: float = 0.5):
+    ``backbone`` is a name in :data:`BACKBONES` (a feature-vector trunk built for ``n_in`` inputs,
+    "mlp" by default) or a ready module. A module with ``ends_with_fc7 = True`` (CNN-F and the
+    other pixel backbones of :mod:`methods.backbones`, which hold fc6/fc7 themselves) gets only the
+    hash layer fc8 on top, from its ``out_features``; ``hidden`` then does not apply (``fc7`` is
+    None). Any other module is followed by fc7 and fc8 like the feature trunks.
+    """
+
+    def __init__(self, n_in: int | None, n_out: int, backbone: str | nn.Module = "mlp", hidden: int = 4096,
+                 dropout: float = 0.5):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise InputError(f"backbone={backbone!r} is unknown; valid: {', '.join(BACKBONES)}")
-        self.backbone, width = BACKBONES[backbone](n_in, hidden=hidden, dropout=dropout)
+        if isinstance(backbone, nn.Module):
+            self.backbone, width = backbone, int(backbone.out_features)
+            if getattr(backbone, "ends_with_fc7", False):
+                self.fc7, self.drop = None, None
+                self.fc8 = nn.Linear(width, n_out)
+                return
+        else:
+            if backbone not in BACKBONES:
+                raise InputError(f"backbone={backbone!r} is unknown; valid: {', '.join(BACKBONES)}")
+            self.backbone, width = BACKBONES[backbone](n_in, hidden=hidden, dropout=dropout)
         self.fc7 = nn.Linear(width, hidden)
         self.drop = Dropout(dropout)
         self.fc8 = nn.Linear(hidden, n_out)
 
     def forward(self, x):
+        if self.fc7 is None:
+            return self.fc8(self.backbone(x))
         return self.fc8(self.drop(torch.relu(self.fc7(self.backbone(x)))))
+
+
+# ------------------------------------------------------------------------------ raw pixels
+def is_pixels_input(x) -> bool:
+    """True for raw images: 4-D uint8 ``(n, H, W, 3)``, a numpy array or a lazy image container."""
+    return getattr(x, "ndim", None) == 4 and getattr(x, "dtype", None) == np.uint8
+
+
+def is_pixel_backbone(name) -> bool:
+    """Names that :func:`methods.backbones.build_backbone` resolves: "cnnf" and "torchvision:<model name>"."""
+    return isinstance(name, str) and (name == "cnnf" or (name.startswith("torchvision:") and len(name) > 12))
+
+
+def _backbone_names() -> str:
+    return "'auto', 'cnnf', 'torchvision:<model name>' or " + ", ".join(repr(b) for b in BACKBONES)
+
+
+def check_image_params(owner: str, backbone, weights, image_size, freeze) -> None:
+    """Check the image-side parameters of a deep method before any work (one-line InputError)."""
+    if not (backbone == "auto" or (isinstance(backbone, str) and backbone in BACKBONES) or is_pixel_backbone(backbone)):
+        raise InputError(f"{owner}: image_backbone={backbone!r} is unknown; valid: {_backbone_names()}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise InputError(f"{owner}: image_weights={weights!r} is invalid; valid: None or the path of a weights file "
+                         "(e.g. imagenet-vgg-f.mat)")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+                                   or image_size < 1):
+        raise InputError(f"{owner}: image_size={image_size!r} is invalid; valid: None (the weights file's or 224) "
+                         "or a positive integer")
+    if not isinstance(freeze, (bool, np.bool_)):
+        raise InputError(f"{owner}: freeze_backbone={freeze!r} is invalid; valid: True or False")
+
+
+def resolve_image_backbone(owner: str, backbone: str, image) -> str:
+    """"auto" -> "mlp" for 2-D features and "cnnf" for raw pixels; a backbone that does not fit the input fails.
+
+    The error is one line naming the parameter, the input it got and what to pass instead.
+    """
+    pixels = is_pixels_input(image)
+    if backbone == "auto":
+        return "cnnf" if pixels else "mlp"
+    if pixels and not is_pixel_backbone(backbone):
+        raise InputError(f"{owner}: image_backbone={backbone!r} takes feature vectors, but the images are raw uint8 "
+                         f"pixels of shape {tuple(image.shape)}; valid for pixels: 'auto', 'cnnf' or "
+                         "'torchvision:<model name>'")
+    if not pixels and is_pixel_backbone(backbone):
+        raise InputError(f"{owner}: image_backbone={backbone!r} takes raw uint8 images (n, H, W, 3), but the image "
+                         f"input is a feature matrix of shape {tuple(image.shape)}; valid for features: 'auto' or "
+                         f"{', '.join(repr(b) for b in BACKBONES)}")
+    return backbone
+
+
+def make_image_net(backbone: str, n_in: int | None, n_out: int, *, hidden: int, dropout: float,
+                   weights=None, image_size: int | None = None, freeze: bool = False) -> ImageNet:
+    """The image network of a deep method for a resolved backbone name.
+
+    Feature trunks ("mlp"): ``ImageNet(n_in, n_out, backbone, hidden, dropout)`` exactly as before
+    (same layers, same order of initialisation). Pixel backbones: the module of
+    :func:`methods.backbones.build_backbone` (weights, input size, frozen trunk, ``dropout`` after
+    fc6/fc7) with the hash layer on top; ``hidden`` does not apply.
+    """
+    if not is_pixel_backbone(backbone):
+        return ImageNet(n_in, n_out, backbone=backbone, hidden=hidden, dropout=dropout)
+    from methods.backbones import build_backbone
+
+    trunk = build_backbone(backbone, weights=None if weights is None else os.fspath(weights), input_size=image_size,
+                           freeze=bool(freeze), dropout=dropout)
+    return ImageNet(None, n_out, backbone=trunk, hidden=hidden, dropout=dropout)
+
+
+def pixel_normalisation(images, backbone: nn.Module | None, indices=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mean, std) on the 0..255 scale for a pixel network's input.
+
+    The backbone's own (``pixel_mean``/``pixel_std``, read from its weights file; std may be None,
+    as in MatConvNet's CNN-F, which only subtracts the average image) when it has them; otherwise
+    the per-channel statistics of the training images (``indices`` of ``images``), streamed.
+    """
+    mean = getattr(backbone, "pixel_mean", None) if backbone is not None else None
+    if mean is not None:
+        std = getattr(backbone, "pixel_std", None)
+        return (np.asarray(mean, dtype=np.float32),
+                None if std is None else np.asarray(std, dtype=np.float32))
+    from methods.pixels import channel_stats
+
+    mean, std = channel_stats(images, indices=None if indices is None else np.asarray(indices))
+    return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+
+def pixel_transform(input_size: int, mean, std):
+    """:class:`methods.pixels.PixelTransform` (resize to ``input_size``, then ``(x - mean) / std``)."""
+    from methods.pixels import PixelTransform
+
+    return PixelTransform(int(input_size), mean=mean, std=std)
+
+
+def _as_index(idx) -> np.ndarray:
+    if isinstance(idx, torch.Tensor):
+        idx = idx.cpu().numpy()
+    return np.asarray(idx, dtype=np.int64)
+
+
+class TrainImages:
+    """Image inputs of the training items, by row index, on the training device.
+
+    * features: a float tensor on the device (``TrainImages(tensor=x)``); ``images[idx]`` is ``x[idx]``;
+    * raw pixels: ``TrainImages(pixels=images, transform=t, device=dev, rows=r)``; ``images[idx]``
+      loads, resizes and normalises only those images (:class:`methods.pixels.PixelFeeder`) and
+      :meth:`batches` prefetches a known sequence of batches with DataLoader workers. ``rows``
+      maps training row ``i`` to image ``rows[i]`` of the container (a subset without a copy).
+
+    Both give the same kind of tensor, so a training loop has one code path.
+    """
+
+    def __init__(self, tensor: torch.Tensor | None = None, *, pixels=None, transform=None, device=None, rows=None):
+        self.tensor = tensor
+        self.pixels = pixels
+        self.transform = transform
+        self.device = device
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self._feeder = None
+        if pixels is not None:
+            from methods.pixels import PixelFeeder
+
+            self._feeder = PixelFeeder(pixels, transform, device)
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.pixels is not None
+
+    def __len__(self) -> int:
+        if self.tensor is not None:
+            return int(self.tensor.shape[0])
+        return int(self.rows.size if self.rows is not None else len(self.pixels))
+
+    def _map(self, idx) -> np.ndarray:
+        idx = _as_index(idx)
+        return idx if self.rows is None else self.rows[idx]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[idx]
+        return self._feeder.load(self._map(idx))
+
+    def batches(self, index_batches):
+        """The inputs of each index batch in turn (pixels: prefetched by DataLoader workers)."""
+        if self.tensor is not None:
+            return (self.tensor[idx] for idx in index_batches)
+        return self._feeder.batches([self._map(idx) for idx in index_batches])
+
+    @torch.no_grad()
+    def forward(self, net: nn.Module, batch_size: int = 128, chunk: int = 4096) -> torch.Tensor:
+        """``net`` in eval mode over every training item, on the device (its training mode is restored)."""
+        was = net.training
+        net.eval()
+        try:
+            if self.tensor is not None:
+                x = self.tensor
+                return torch.cat([net(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
+            from methods.pixels import forward_pixels
+
+            out = forward_pixels(net, self.pixels, self.device, self.transform, batch_size=batch_size,
+                                 indices=self.rows)
+            return torch.as_tensor(out, device=self.device)
+        finally:
+            net.train(was)
+
+
+def check_image_input(owner: str, x, fitted_on_pixels: bool) -> None:
+    """Encoding input must be the kind the image network was fitted on (one-line InputError)."""
+    if is_pixels_input(x) != fitted_on_pixels:
+        got = "raw uint8 images" if is_pixels_input(x) else "feature vectors"
+        want = "raw uint8 images (n, H, W, 3)" if fitted_on_pixels else "feature vectors"
+        raise InputError(f"image: {owner} was fitted on {want}, got {got} of shape {tuple(x.shape)}")
+
+
+def encode_pixels(net: nn.Module, images, device: torch.device, input_size: int, mean, std, n_out: int,
+                  batch_size: int = 128) -> np.ndarray:
+    """Real-valued outputs (n, ``n_out``) of ``net`` (eval mode) over raw images, streamed in batches."""
+    from methods.pixels import forward_pixels
+
+    if len(images) == 0:
+        return np.zeros((0, n_out), dtype=np.float32)
+    return forward_pixels(net, images, device, pixel_transform(input_size, mean, std), batch_size=batch_size)
 
 
 def optimizer(kind: str, params, device: torch.device, **kw) -> torch.optim.Optimizer:

@@ -17,6 +17,7 @@ loss, the optimisation and the hashers (RDCMH and the four ablations of Fig. 3).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,8 +27,9 @@ from torch import nn
 from benchmark.errors import InputError
 from methods._triplets import SemiSupervisedSimilarity, sample_triplets
 from methods.base import Hasher, binarize
-from methods.nets import (BACKBONES, ImageNet, Standardizer, TextNet, forward_in_batches, optimizer, resolve_device,
-                          seeded)
+from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
+                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
+                          pixel_transform, resolve_device, resolve_image_backbone, seeded)
 
 __all__ = ["RDCMH", "RDCMH_NW", "RDCMH_ND", "RDCMH_NS", "RDCMH_NJ", "relaxed_hamming", "ranking_terms",
            "rdcmh_loss", "update_codes"]
@@ -94,14 +96,15 @@ def update_codes(f: torch.Tensor, g: torch.Tensor, lam: float) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------- helpers
 class _LinearHash(nn.Module):
-    """RDCMH-ND's hash function: one affine map of the (standardised) hand-crafted features."""
+    """RDCMH-ND's hash function: one affine map of the (standardised) hand-crafted features, or of
+    the normalised pixels (flattened) when the image side is raw images."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
         self.fc = nn.Linear(n_in, n_out)
 
     def forward(self, x):
-        return self.fc(x)
+        return self.fc(x.flatten(1))  # a no-op on feature rows
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -121,6 +124,39 @@ def _check_float(name: str, value, lo: float, hi: float = np.inf, lo_open: bool 
         lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
         raise InputError(f"{name}={value!r} is invalid; valid: a number in {lb}{lo}, {hi}{rb}")
     return float(value)
+
+
+def _with_inputs(batches, images: TrainImages, window: int = 256):
+    """``(tb, weights, image inputs)`` for each triplet batch of ``batches``.
+
+    Pixels: batches are drawn ``window`` at a time (the sampler uses only its own generator, so the
+    draws do not depend on training) and their images are prefetched by the feeder's workers
+    while the steps run. Features: rows of the tensor, one batch at a time.
+    """
+    if not images.is_pixels:
+        for tb, weights in batches:
+            yield tb, weights, images[torch.cat([tb.q, tb.i, tb.j])]
+        return
+    while True:
+        chunk = list(itertools.islice(batches, window))
+        if not chunk:
+            return
+        inputs = images.batches([torch.cat([tb.q, tb.i, tb.j]) for tb, _ in chunk])
+        for (tb, weights), x in zip(chunk, inputs):
+            yield tb, weights, x
+
+
+def _with_rows(draws, images: TrainImages, window: int = 256):
+    """``(idx, image inputs)`` for each index batch of ``draws`` (pixels: drawn ahead and prefetched)."""
+    if not images.is_pixels:
+        for idx in draws:
+            yield idx, images[idx]
+        return
+    while True:
+        chunk = list(itertools.islice(draws, window))
+        if not chunk:
+            return
+        yield from zip(chunk, images.batches(chunk))
 
 
 def _first_occurrence(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +190,18 @@ class RDCMH(Hasher):
     cross_terms : {"eq5", "cross"}
         Reading of Eq. 5's xy / yx terms (see :func:`ranking_terms`).
     image_backbone, image_hidden, text_hidden, dropout :
-        Networks from :mod:`methods.nets`: image = backbone (an MLP on feature vectors stands in
-        for CNN-F's trunk) -> fc7 (``image_hidden``, ReLU, dropout) -> fc8 (c); text = BoW ->
-        full1 (``text_hidden`` = 4096, ReLU, dropout) -> full2 (c). Dropout 0.5 as in the paper.
+        Networks from :mod:`methods.nets`. ``image_backbone="auto"``: on feature vectors "mlp" (an
+        MLP standing in for CNN-F's trunk) -> fc7 (``image_hidden``, ReLU, dropout) -> fc8 (c);
+        on raw uint8 images (n, H, W, 3) "cnnf", the paper's CNN-F up to fc7 (dropout after
+        fc6/fc7) -> fc8 (c), where ``image_hidden`` does not apply. Any name of
+        ``methods.backbones.build_backbone`` works on pixels. Text = BoW -> full1
+        (``text_hidden`` = 4096, ReLU, dropout) -> full2 (c). Dropout 0.5 as in the paper.
+    image_weights, image_size, freeze_backbone :
+        Pixels only (ignored on feature vectors): the backbone's weights file (e.g.
+        ``imagenet-vgg-f.mat``; None = random init), its input size (None = the file's or 224;
+        images are resized to it) and whether its trunk stays fixed (the paper fine-tunes it).
+        Pixels are normalised by the file's average image, or without a file by the training
+        images' channel mean/std (``pixel_mean_``, ``pixel_std_``); they are read batch by batch.
     lr : float
         Adam learning rate of both networks (chosen on validation; the paper gives none).
     device : str
@@ -216,7 +261,9 @@ class RDCMH(Hasher):
       our trunk is a stand-in; ``image_hidden`` defaults to 1024 so that 500 iterations on Wiki
       fit the suite's 30 s CPU budget (4096 is ~10x slower). Text network: 4096 as printed.
     * Network inputs are standardised with training statistics (methods.nets.Standardizer); the
-      similarities of Eq. 1 use the raw features.
+      similarities of Eq. 1 use the raw features. On raw pixels Eq. 1 needs an image feature
+      too: we use each image shrunk to 16 x 16 and centred/scaled by the training images' channel
+      statistics (a "tiny image" vector, 768-d), so s1 stays a cheap hand-crafted similarity.
 
     Honest caveat: on Wiki the selected setting reaches about 0.22 / 0.25 validation MAP
     (I->T / T->I), far from what supervised baselines get on Wiki's text side. Only ~19 % of the
@@ -228,13 +275,15 @@ class RDCMH(Hasher):
     Deviations
     ----------
     * lambda = 0.1 instead of the paper's 1 (chosen on validation, see above).
-    * No CNN-F on raw pixels (the bundled data are feature vectors); the backbone is pluggable.
+    * The bundled data are feature vectors, where the image trunk is an MLP stand-in; CNN-F runs
+      when the image side is raw pixels.
     * B is updated from buffered F / G rather than a full forward pass every iteration (a full
       pass per iteration would multiply the cost by ~n / 384).
     """
 
     bits_range: ClassVar[tuple[int, int]] = (1, 1024)
     needs_labels: ClassVar[bool] = True
+    accepts_pixels: ClassVar[bool] = True
     check_params: ClassVar[dict[str, Any]] = {"n_iter": 200, "image_hidden": 64, "text_hidden": 64,
                                                "batch_size": 64, "lr": 3e-3}
     # How the defaults were chosen (runners record this with results). Wiki, 16 bits, no mask, seed 0:
@@ -274,8 +323,9 @@ class RDCMH(Hasher):
 
     def __init__(self, n_bits: int = 16, lam: float = 0.1, n_iter: int = 500, batch_size: int = 128,
                  n_bins: int = 5, loss: str = "hinge", margin: float = 0.25, cross_terms: str = "eq5",
-                 image_backbone: str = "mlp", image_hidden: int = 1024, text_hidden: int = 4096,
-                 dropout: float = 0.5, lr: float = 1e-3, device: str = "cpu", random_state: int | None = 0):
+                 image_backbone: str = "auto", image_hidden: int = 1024, text_hidden: int = 4096,
+                 dropout: float = 0.5, lr: float = 1e-3, image_weights=None, image_size: int | None = None,
+                 freeze_backbone: bool = False, device: str = "cpu", random_state: int | None = 0):
         self.n_bits = n_bits
         self.lam = lam
         self.n_iter = n_iter
@@ -289,6 +339,9 @@ class RDCMH(Hasher):
         self.text_hidden = text_hidden
         self.dropout = dropout
         self.lr = lr
+        self.image_weights = image_weights
+        self.image_size = image_size
+        self.freeze_backbone = freeze_backbone
         self.device = device
         self.random_state = random_state
 
@@ -310,20 +363,19 @@ class RDCMH(Hasher):
             raise InputError(f"{name}: margin={self.margin!r} needs loss='hinge'; valid with loss='linear': 0")
         if self.cross_terms not in CROSS_TERMS:
             raise InputError(f"{name}: cross_terms={self.cross_terms!r} is invalid; valid: {', '.join(CROSS_TERMS)}")
-        if self.image_backbone not in BACKBONES:
-            raise InputError(f"{name}: image_backbone={self.image_backbone!r} is unknown; "
-                             f"valid: {', '.join(BACKBONES)}")
+        check_image_params(name, self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
         if self.random_state is not None:
             _check_int("random_state", self.random_state, 0)
         return resolve_device(self.device)
 
     # ------------------------------------------------------------------ building blocks
-    def _make_nets(self, d_image: int, d_text: int) -> tuple[nn.Module, nn.Module]:
+    def _make_nets(self, d_image: int | None, d_text: int, backbone: str) -> tuple[nn.Module, nn.Module]:
         c = self.n_bits
         if not self._deep:
             return _LinearHash(d_image, c), _LinearHash(d_text, c)
-        return (ImageNet(d_image, c, backbone=self.image_backbone, hidden=self.image_hidden, dropout=self.dropout),
-                TextNet(d_text, c, hidden=self.text_hidden, dropout=self.dropout))
+        img = make_image_net(backbone, d_image, c, hidden=self.image_hidden, dropout=self.dropout,
+                             weights=self.image_weights, image_size=self.image_size, freeze=self.freeze_backbone)
+        return img, TextNet(d_text, c, hidden=self.text_hidden, dropout=self.dropout)
 
     def _seed(self) -> int:
         return 0 if self.random_state is None else int(self.random_state)
@@ -332,37 +384,77 @@ class RDCMH(Hasher):
     def fit(self, image, text, labels, labeled=None) -> "RDCMH":
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         dev = self._validate_params()
+        backbone = resolve_image_backbone(type(self).__name__, self.image_backbone, image)
+        pixels = is_pixels_input(image)
+        rows = None  # pixels: training row i is image rows[i] (a subset without copying the images)
         if self._similarity == "labels":
             # RDCMH-NS: no semi-supervised similarity -> only labeled items can be ranked.
             keep = np.flatnonzero(labeled)
-            image, text, labels = image[keep], text[keep], labels[keep]
+            if pixels:
+                rows = keep
+            else:
+                image = image[keep]
+            text, labels = text[keep], labels[keep]
             labeled = np.ones(keep.size, dtype=bool)
         if labels.shape[0] < 3:
             raise InputError(f"{type(self).__name__}: needs at least 3 training items to form triplets, "
                              f"got {labels.shape[0]}")
 
-        self.image_std_ = Standardizer().fit(image)
         self.text_std_ = Standardizer().fit(text)
-        self.n_features_ = (int(image.shape[1]), int(text.shape[1]))
-        x = torch.as_tensor(self.image_std_.transform(image), device=dev)
         y = torch.as_tensor(self.text_std_.transform(text), device=dev)
-        sim = SemiSupervisedSimilarity(image, text, labels, labeled, dev, mode=self._similarity)
+        if pixels:
+            self.image_std_ = None
+            self.n_features_ = (None, int(text.shape[1]))
+            # Channel statistics: the similarity's tiny images and, without a weights file, the network input.
+            stats = pixel_normalisation(image, None, rows) if self._similarity != "labels" or not self._deep else None
+            sim_image = self._tiny_images(image, rows, stats) if self._similarity != "labels" else None
+        else:
+            self.image_std_ = Standardizer().fit(image)
+            self.n_features_ = (int(image.shape[1]), int(text.shape[1]))
+            x = TrainImages(torch.as_tensor(self.image_std_.transform(image), device=dev))
+            sim_image = image
+        sim = SemiSupervisedSimilarity(sim_image, text, labels, labeled, dev, mode=self._similarity)
         self.similarity_shifted_ = sim.shifted
 
         seed = self._seed()
         gen = torch.Generator().manual_seed(seed)
         with seeded(seed):
-            img_net, txt_net = self._make_nets(x.shape[1], y.shape[1])
+            if pixels:
+                size = int(self.image_size or 224)
+                img_net, txt_net = self._make_nets(3 * size * size, y.shape[1], backbone)
+                trunk = img_net.backbone if self._deep else None
+                if trunk is not None:
+                    size = int(trunk.input_size)
+                if trunk is not None and getattr(trunk, "pixel_mean", None) is not None:
+                    stats = pixel_normalisation(image, trunk, rows)
+                elif stats is None:
+                    stats = pixel_normalisation(image, None, rows)
+                self.pixel_mean_, self.pixel_std_, self.image_size_ = stats[0], stats[1], size
+                x = TrainImages(pixels=image, transform=pixel_transform(size, *stats), device=dev, rows=rows)
+            else:
+                img_net, txt_net = self._make_nets(x.tensor.shape[1], y.shape[1], backbone)
+                self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
             img_net, txt_net = img_net.to(dev), txt_net.to(dev)
             if self._joint:
                 history, codes = self._train_joint(img_net, txt_net, x, y, sim, gen, dev)
             else:
                 history, codes = self._train_two_stage(img_net, txt_net, x, y, sim, gen, dev)
+        self.image_backbone_ = backbone if self._deep else "linear"
         self.image_net_ = img_net.cpu().eval()
         self.text_net_ = txt_net.cpu().eval()
         self.history_ = history
         self.train_codes_ = codes.cpu().numpy().astype(np.int8)  # B of Algorithm 1's output (NS: labeled items)
         return self
+
+    # Side of the "tiny images" that stand in for hand-crafted image features in Eq. 1 on pixels.
+    _tiny_size: ClassVar[int] = 16
+
+    def _tiny_images(self, images, rows, stats) -> np.ndarray:
+        """(n, 3 * 16 * 16) float32: each training image shrunk and normalised, streamed (Eq. 1's s1 on pixels)."""
+        from methods.pixels import forward_pixels
+
+        return forward_pixels(nn.Flatten(), images, torch.device("cpu"),
+                              pixel_transform(self._tiny_size, *stats), batch_size=256, indices=rows)
 
     def _queries(self, n: int, gen: torch.Generator):
         """Endless stream of query batches: seeded permutations of the training items, one after another."""
@@ -402,25 +494,25 @@ class RDCMH(Hasher):
 
     def _train_joint(self, img_net, txt_net, x, y, sim, gen, dev) -> dict:
         """Algorithm 1: alternate image step, text step, B update (Eq. 12)."""
-        n, lam = x.shape[0], float(self.lam)
-        opt_x = optimizer("adam", img_net.parameters(), dev, lr=float(self.lr))
+        n, lam = len(x), float(self.lam)
+        opt_x = optimizer("adam", [p for p in img_net.parameters() if p.requires_grad], dev, lr=float(self.lr))
         opt_y = optimizer("adam", txt_net.parameters(), dev, lr=float(self.lr))
         with torch.no_grad():
-            f_buf = self._forward_all(img_net, x)
+            f_buf = x.forward(img_net)
             g_buf = self._forward_all(txt_net, y)
         b = update_codes(f_buf, g_buf, lam)
         kw = self._loss_kwargs()
         losses, n_valid = [], 0
         img_net.train(), txt_net.train()
         trace = []
-        for it, (tb, weights) in enumerate(self._batches(sim, n, gen, dev, int(self.n_iter))):
+        for it, (tb, weights, inputs) in enumerate(_with_inputs(self._batches(sim, n, gen, dev, int(self.n_iter)), x)):
             k = tb.q.shape[0]
             idx = torch.cat([tb.q, tb.i, tb.j])
             uniq, first = _first_occurrence(idx.cpu().numpy())
             uniq_t, first_t = torch.as_tensor(uniq, device=dev), torch.as_tensor(first, device=dev)
             bb = b[idx].split(k)
             # Image step (Eqs. 8-10): text outputs and B fixed.
-            out = img_net(x[idx])
+            out = img_net(inputs)
             loss = rdcmh_loss(out.split(k), g_buf[idx].split(k), bb, weights, tb.valid, **kw)
             opt_x.zero_grad(set_to_none=True)
             loss.backward()
@@ -445,7 +537,7 @@ class RDCMH(Hasher):
 
     def _train_two_stage(self, img_net, txt_net, x, y, sim, gen, dev) -> dict:
         """RDCMH-NJ: stage 1 learns B with free per-item outputs; stage 2 fits the networks to B."""
-        n, lam, c = x.shape[0], float(self.lam), int(self.n_bits)
+        n, lam, c = len(x), float(self.lam), int(self.n_bits)
         # Stage 1: the same objective and Algorithm 1, with F and G free tables instead of networks.
         f_tab = torch.randn(n, c, device=dev) * 0.1
         g_tab = torch.randn(n, c, device=dev) * 0.1
@@ -467,15 +559,15 @@ class RDCMH(Hasher):
             b[idx] = update_codes(f_tab[idx], g_tab[idx], lam)
             stage1.append(float(loss.detach()))
         # Stage 2: regress each network onto B (the quantisation term alone).
-        opt_x = optimizer("adam", img_net.parameters(), dev, lr=float(self.lr))
+        opt_x = optimizer("adam", [p for p in img_net.parameters() if p.requires_grad], dev, lr=float(self.lr))
         opt_y = optimizer("adam", txt_net.parameters(), dev, lr=float(self.lr))
         img_net.train(), txt_net.train()
         stage2 = []
         m = 3 * int(self.batch_size)  # as many items per step as a triplet batch
-        for _ in range(int(self.n_iter)):
-            idx = torch.randint(0, n, (m,), generator=gen).to(dev)
-            for net, inp, opt in ((img_net, x, opt_x), (txt_net, y, opt_y)):
-                loss = 0.5 * lam * ((b[idx] - net(inp[idx])) ** 2).sum(dim=1).mean()
+        draws = (torch.randint(0, n, (m,), generator=gen).to(dev) for _ in range(int(self.n_iter)))
+        for idx, image_rows in _with_rows(draws, x):
+            for net, rows, opt in ((img_net, image_rows, opt_x), (txt_net, y[idx], opt_y)):
+                loss = 0.5 * lam * ((b[idx] - net(rows)) ** 2).sum(dim=1).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -506,9 +598,21 @@ class RDCMH(Hasher):
         finally:
             net.cpu()  # the fitted hasher stays on the host, so it pickles and loads anywhere
 
+    def _encode_pixels(self, images) -> np.ndarray:
+        dev = resolve_device(self.device)
+        net = self.image_net_.to(dev)
+        try:
+            return binarize(encode_pixels(net, images, dev, self.image_size_, self.pixel_mean_, self.pixel_std_,
+                                          int(self.n_bits)))
+        finally:
+            net.cpu()
+
     def encode_image(self, image) -> np.ndarray:
         self._check_fitted("image_net_")
         image = self._validate_encode(image, "image", self.n_features_[0])
+        check_image_input(type(self).__name__, image, self.image_size_ is not None)
+        if self.image_size_ is not None:
+            return self._encode_pixels(image)
         return self._encode(self.image_net_, self.image_std_, image)
 
     def encode_text(self, text) -> np.ndarray:
