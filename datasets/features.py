@@ -18,6 +18,7 @@ array checksum mismatch or a different key inside is reported in one line and th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -254,6 +255,22 @@ def _write_cache(path: Path, key: str, feats: np.ndarray, extractor) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock (POSIX flock) so parallel runs extract once; a no-op where unsupported."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: parallel runs may both extract; the atomic write keeps the file whole
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def extract_features(images, extractor, dataset_checksum: str, *, cache_dir=None, progress: bool | None = None,
                      log: Callable[[str], None] | None = None) -> tuple[np.ndarray, dict]:
     """Features ``(n, d)`` float32 of ``images`` from the cache, or extracted and cached.
@@ -270,17 +287,24 @@ def extract_features(images, extractor, dataset_checksum: str, *, cache_dir=None
     feats, why = _read_cache(path, key, n, extractor.dim)
     if feats is not None:
         return feats, {"cache_key": key, "cache_path": str(path), "cache_hit": True}
-    if why:
-        log(f"features cache {path}: {why}; rebuilding")
-    bar = tqdm(total=n, desc=f"{extractor.name} features", unit="img", file=sys.stderr, mininterval=1.0,
-               disable=(not progress) if progress is not None else None, leave=False)
-    try:
-        feats = np.ascontiguousarray(extractor.extract(images, bar.update), dtype=np.float32)
-    finally:
-        bar.close()
-    if feats.ndim != 2 or feats.shape[0] != n or not np.isfinite(feats).all():
-        raise RuntimeError(f"{extractor.name}: extracted features {feats.shape} for {n} images are not a finite (n, d) array")
-    _write_cache(path, key, feats, extractor)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_name(path.name + ".lock")):
+        # Another process (a parallel run of the same suite) may have built it while we waited.
+        feats, why_now = _read_cache(path, key, n, extractor.dim)
+        if feats is not None:
+            return feats, {"cache_key": key, "cache_path": str(path), "cache_hit": True}
+        if why and why_now:
+            log(f"features cache {path}: {why_now}; rebuilding")
+        bar = tqdm(total=n, desc=f"{extractor.name} features", unit="img", file=sys.stderr, mininterval=1.0,
+                   disable=(not progress) if progress is not None else None, leave=False)
+        try:
+            feats = np.ascontiguousarray(extractor.extract(images, bar.update), dtype=np.float32)
+        finally:
+            bar.close()
+        if feats.ndim != 2 or feats.shape[0] != n or not np.isfinite(feats).all():
+            raise RuntimeError(f"{extractor.name}: extracted features {feats.shape} for {n} images are not "
+                               "a finite (n, d) array")
+        _write_cache(path, key, feats, extractor)
     return feats, {"cache_key": key, "cache_path": str(path), "cache_hit": False}
 
 

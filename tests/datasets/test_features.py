@@ -71,7 +71,7 @@ def test_apply_gist_replaces_pixels_and_records_the_key(tmp_path, gist_calls):
     assert desc["image_features"] == "gist" and desc["image_features_cache_key"] == key
     assert json.loads(desc["image_features_params"])["image_size"] == 32
     assert desc["pixels_checksum"] == ds.checksum and desc["image_kind"] == "features" and desc["source"] == "test"
-    assert [p.name for p in tmp_path.iterdir()] == [f"gist-{key[:32]}.npz"]
+    assert [p.name for p in tmp_path.glob("*.npz")] == [f"gist-{key[:32]}.npz"]
 
 
 def test_second_load_reads_the_cache(tmp_path, gist_calls):
@@ -118,7 +118,7 @@ def _rewrite(path, features=None, header=None):
 def test_corrupt_or_stale_cache_is_rebuilt(tmp_path, gist_calls, damage, why):
     ds = _pixel_dataset(n=8)
     good = feat.apply_image_features(ds, GIST, cache_dir=tmp_path)
-    (path,) = tmp_path.iterdir()
+    (path,) = tmp_path.glob("*.npz")
     damage(path)
     lines = []
     again = feat.apply_image_features(ds, GIST, cache_dir=tmp_path, log=lines.append)
@@ -129,7 +129,34 @@ def test_corrupt_or_stale_cache_is_rebuilt(tmp_path, gist_calls, damage, why):
     third = feat.apply_image_features(ds, GIST, cache_dir=tmp_path, log=lines.append)
     assert sum(gist_calls) == 16 and len(lines) == 1
     np.testing.assert_array_equal(third.image, good.image)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".lock"]  # no temporary files left
+
+
+def test_parallel_loads_extract_once(tmp_path):
+    """Two loads at once (parallel runs of a suite): one extracts, the other waits and reads its file."""
+    import threading
+    import time
+
+    ds = _pixel_dataset(n=6)
+    calls = []
+
+    class Slow(feat.GistExtractor):
+        def extract(self, images, progress):
+            calls.append(1)
+            time.sleep(0.5)
+            return super().extract(images, progress)
+
+    results = []
+
+    def load():
+        results.append(feat.extract_features(ds.image, Slow(image_size=32), ds.checksum, cache_dir=tmp_path)[1])
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(r["cache_hit"] for r in results) == [False, True]
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
