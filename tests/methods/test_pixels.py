@@ -69,6 +69,19 @@ def test_transform_orientation_is_pinned():
     assert same[0, :, 0, 1].tolist() == [3.0, 4.0, 5.0]  # channel axis first, pixel (0, 1)
 
 
+def test_transform_pickles_and_prepares_uint8():
+    import pickle
+
+    px = _pixels()
+    t = PixelTransform(8, mean=np.random.default_rng(2).random((3, 8, 8)) * 255, std=[50, 60, 70])
+    ref = t(px)
+    back = pickle.loads(pickle.dumps(t))
+    assert back._cache == {} and torch.equal(back(px), ref)
+    u = t.prepare(px)
+    assert u.dtype == torch.uint8 and tuple(u.shape) == (10, 3, 8, 8) and u.is_contiguous()
+    assert torch.equal(t.normalize(u), ref)
+
+
 def test_transform_bad_inputs():
     with pytest.raises(InputError, match="mean: shape \\(4,\\)"):
         PixelTransform(4, mean=np.zeros(4))
@@ -119,12 +132,14 @@ def test_feeder_workers_give_the_same_batches(tmp_path):
     batches = [order[i:i + 5] for i in range(0, 23, 5)]
     seq = [b.clone() for b in PixelFeeder(images, t, "cpu", num_workers=0).batches(batches)]
     par = [b.clone() for b in PixelFeeder(images, t, "cpu", num_workers=2).batches(batches)]
-    assert len(seq) == len(par) == 5
-    for a, b, idx in zip(seq, par, batches):
-        assert torch.equal(a, b)
+    on_dev = [b.clone() for b in PixelFeeder(images, t, "cpu", num_workers=2, normalize_on_device=True).batches(batches)]
+    assert len(seq) == len(par) == len(on_dev) == 5
+    for a, b, c, idx in zip(seq, par, on_dev, batches):
+        assert torch.equal(a, b) and torch.equal(a, c) and a.dtype == c.dtype == torch.float32
         np.testing.assert_allclose(a.numpy(), _direct(px[::-1][idx], 6, [100, 110, 120], [50, 60, 70]), atol=1e-4)
     one = PixelFeeder(images, t, "cpu").load(batches[2])
     assert torch.equal(one, seq[2])
+    assert torch.equal(PixelFeeder(images, t, "cpu", normalize_on_device=True, pin_memory=False).load(batches[2]), seq[2])
 
 
 def test_feeder_memmap_with_workers_and_pinning_flag(tmp_path):
