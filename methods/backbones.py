@@ -406,10 +406,12 @@ def cnnf_weights_from_layers(layers: list[dict], path="<layers>") -> dict:
         if _layer_type(layer) == "lrn":
             param = np.asarray(layer.get("param", []), dtype=np.float64).ravel()
             if param.size != 4 or param[0] < 1 or param[0] != round(param[0]):
-                raise _weights_error(path, f"layer {name!r} LRN param={param.tolist()} is invalid (expected [N KAPPA ALPHA BETA])")
+                raise _weights_error(path, f"layer {name!r} LRN param={param.tolist()} is invalid "
+                                           "(expected [N KAPPA ALPHA BETA])")
             this = (int(param[0]), float(param[1]), float(param[2]), float(param[3]))
             if lrn is not None and this != lrn:
-                raise _weights_error(path, f"layers norm1 and norm2 differ ({list(lrn)} vs {list(this)}); CNN-F uses one LRN")
+                raise _weights_error(path, f"layers norm1 and norm2 differ ({list(lrn)} vs {list(this)}); "
+                                           "CNN-F uses one LRN")
             lrn = this
         elif _layer_type(layer) == "pool":
             method = str(layer.get("method", "max")).lower()
@@ -417,7 +419,8 @@ def cnnf_weights_from_layers(layers: list[dict], path="<layers>") -> dict:
             stride = _vec(layer.get("stride", 1), 2, f"layer {name!r} stride", path)
             pad = _vec(layer.get("pad", 0), 4, f"layer {name!r} pad", path)
             if method != "max" or size != (3, 3) or stride != (2, 2) or pad != CNNF_POOL_PAD:
-                raise _weights_error(path, f"layer {name!r} is {method} pool {list(size)} stride {list(stride)} pad {list(pad)}; "
+                raise _weights_error(path, f"layer {name!r} is {method} pool {list(size)} stride {list(stride)} "
+                                           f"pad {list(pad)}; "
                                            f"CNN-F's is max pool [3 3] stride [2 2] pad {list(CNNF_POOL_PAD)}")
     fc6 = state["fc6.weight"]
     map_size = int(round(math.sqrt(fc6.shape[1] / 256)))

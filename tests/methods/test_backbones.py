@@ -310,7 +310,9 @@ def test_a_wrong_filter_layout_fails_the_comparison(narrow_files, images, monkey
     good = bb._conv_to_torch
     bad = {"transpose_hw": lambda f: np.ascontiguousarray(np.transpose(f, (3, 2, 1, 0))),
            "flip": lambda f: np.ascontiguousarray(good(f)[:, :, ::-1, ::-1]),
-           "swap_in_out": lambda f: good(f) if f.shape[2] != f.shape[3] else np.ascontiguousarray(np.transpose(f, (2, 3, 0, 1)))}
+           # Cin and Cout swapped where the shapes allow it (conv3 .. conv5)
+           "swap_in_out": lambda f: good(f) if f.shape[2] != f.shape[3] else np.ascontiguousarray(
+               np.transpose(f, (2, 3, 0, 1)))}
     monkeypatch.setattr(bb, "_conv_to_torch", bad[wrong])
     net = build_backbone("cnnf", weights=paths["v5"]).eval().double()
     with torch.no_grad():
@@ -457,7 +459,8 @@ def test_dropout_only_in_training():
 
 def test_freeze_sets_requires_grad_false_everywhere(narrow_files):
     _, paths = narrow_files
-    for net in (build_backbone("cnnf", input_size=64, freeze=True), build_backbone("cnnf", weights=paths["v73"], freeze=True)):
+    for net in (build_backbone("cnnf", input_size=64, freeze=True),
+                build_backbone("cnnf", weights=paths["v73"], freeze=True)):
         assert len(list(net.parameters())) == 14 and not any(p.requires_grad for p in net.parameters())
     # the default fine-tunes: gradients reach every parameter, of a random and of a loaded network
     for net, size in ((CNNF(64, fc_widths=(32, 16)), 64), (build_backbone("cnnf", weights=paths["v5"]), 96)):
