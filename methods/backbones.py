@@ -35,7 +35,8 @@ from torch import nn
 from benchmark.errors import DataFileError, InputError
 from methods.nets import Dropout
 
-__all__ = ["CNNF", "MatConvNetLRN", "load_matconvnet", "build_backbone", "cnnf_weights_from_layers"]
+__all__ = ["CNNF", "MatConvNetLRN", "TorchvisionBackbone", "load_matconvnet", "build_backbone",
+           "cnnf_weights_from_layers"]
 
 # ImageNet's standard per-channel statistics (RGB) used by every torchvision classification model,
 # on the 0..255 scale that the pixel pipeline works in.
@@ -540,7 +541,9 @@ def _build_torchvision(model_name: str, weights, input_size, dropout) -> Torchvi
         raise InputError(f"torchvision model {model_name!r} is unknown; valid: a classification model of "
                          f"torchvision.models.list_models(module=torchvision.models) ({shown})")
     state = None if weights is None else _load_state_dict(_check_file(weights))
-    kw = {"dropout": float(dropout)} if model_name.startswith(("vgg", "alexnet", "efficientnet", "mobilenet_v3")) else {}
+    # VGG's and AlexNet's classifiers hold the fc6/fc7 dropouts that CNN-F's ``dropout`` stands for;
+    # other models keep torchvision's own dropout.
+    kw = {"dropout": float(dropout)} if model_name.startswith(("vgg", "alexnet")) else {}
     model = models.get_model(model_name, weights=None, **kw)   # weights=None: never a download
     last = None
     for qual, mod in model.named_modules():
