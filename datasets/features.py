@@ -14,7 +14,8 @@ else ``~/.cache/cmh-bench/features``, in one uncompressed ``.npz`` per cache key
 the key and the sha256 of the array inside. The key is the sha256 of the dataset checksum (the files the
 images came from), the image array's shape, dtype and a sample of its pixels, the extractor's name, all its
 parameters (CNN-F weights by their sha256) and its version. An unreadable file, a wrong shape or dtype, an
-array checksum mismatch or a different key inside is reported in one line and the cache is rebuilt.
+array checksum mismatch or a different key inside is reported in one line and the cache is rebuilt. An
+advisory lock per cache file (POSIX) makes parallel runs of a suite extract once and share the file.
 """
 from __future__ import annotations
 
