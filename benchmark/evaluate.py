@@ -367,6 +367,12 @@ def evaluate_run(spec: RunSpec, *, data_root=None, device: str = "cpu", config: 
 
     t0 = time.perf_counter()
     data = load_dataset_cached(spec.dataset, data_root, spec.dataset_options)
+    if data.image_kind == "pixels" and not cls.accepts_pixels:
+        # A method that cannot read pixels gets the dataset's hand-crafted features (GIST by default),
+        # as its paper used; the record's dataset meta names the extractor and its cache key.
+        options = {**datasets.default_image_features(spec.dataset), **spec.dataset_options}
+        data = load_dataset_cached(spec.dataset, data_root, options)
+        say(f"{spec.method} does not read pixels: image side = {data.meta.get('image_features')} features")
     protocol = data.protocol
     protocol.validate_for(data)
     load_s = time.perf_counter() - t0

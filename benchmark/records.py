@@ -208,10 +208,28 @@ class RecordStore:
 FRAME_COLUMNS = [
     "run_id", "status", "error", "method", "label", "params", "dataset", "dataset_label", "dataset_options",
     "n_bits", "mask_rate", "seed", "n_train", "n_labeled", "device", "threads", "fit_s", "encode_s",
-    "evaluate_s", "peak_rss_mb", "direction", "metric", "x", "value", "n_queries", "n_no_relevant",
+    "evaluate_s", "peak_rss_mb", "image_input", "direction", "metric", "x", "value", "n_queries", "n_no_relevant",
 ]
 
 _SCALAR_SKIP = {"n_queries", "n_no_relevant", "ties", "no_relevant", "precision_at_n", "pr_hamming"}
+
+
+def image_input(rec: dict) -> str:
+    """What the method's image side read, in a few words (e.g. "gist 512-d", "pixels 64 px, cnnf from scratch")."""
+    ds = rec.get("dataset") or {}
+    params = (rec.get("method") or {}).get("params") or (rec.get("spec") or {}).get("params") or {}
+    shape = ds.get("image") or []
+    if ds.get("image_features"):
+        dim = f" {shape[1]}-d" if len(shape) == 2 else ""
+        size = json.loads(ds.get("image_features_params") or "{}").get("image_size")
+        return f"{ds['image_features']}{dim}" + (f" ({size} px)" if size else "")
+    if ds.get("image_kind") == "pixels":
+        size = params.get("image_size") or (shape[1] if len(shape) == 4 else "?")
+        backbone = params.get("image_backbone", "auto")
+        backbone = "cnnf" if backbone == "auto" else backbone
+        how = "pretrained" if params.get("image_weights") else "from scratch"
+        return f"pixels {size} px, {backbone} {how}" + (", frozen" if params.get("freeze_backbone") else "")
+    return f"features {shape[1]}-d" if len(shape) == 2 else "features"
 
 
 def _rows(rec: dict) -> Iterable[dict]:
@@ -238,6 +256,7 @@ def _rows(rec: dict) -> Iterable[dict]:
         "encode_s": timings.get("encode_s"),
         "evaluate_s": timings.get("evaluate_s"),
         "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+        "image_input": image_input(rec),
     }
     metrics = rec.get("metrics") or {}
     if rec.get("status") != "ok" or not metrics:

@@ -104,12 +104,30 @@ def _layout(cells: pd.DataFrame, pm: str, bold) -> pd.DataFrame:
     return table
 
 
-def _caption(metric: str, mask_rate: float, cells: pd.DataFrame) -> str:
+def _inputs_note(frame: pd.DataFrame | None, cells: pd.DataFrame) -> str:
+    """" Image input on D: A (methods); B (methods)." for each dataset whose methods read different inputs
+    (pixels for the deep methods, extracted features for the others); empty when every method read the
+    dataset's own feature vectors."""
+    if frame is None or "image_input" not in frame or cells.empty:
+        return ""
+    notes = []
+    for d in _ordered(cells, "dataset_label", "dataset", dataset_sort_key):
+        labels = set(cells.loc[cells["dataset_label"] == d, "label"])
+        runs = frame[(frame["dataset_label"] == d) & frame["label"].isin(labels)]
+        kinds = runs.groupby("image_input", sort=True)["label"].agg(lambda s: ", ".join(sorted(set(s))))
+        if len(kinds) == 1 and str(kinds.index[0]).startswith("features"):
+            continue
+        notes.append(f"image input on {d}: " + "; ".join(f"{k} ({v})" for k, v in kinds.items()))
+    return (" " + ". ".join(n[0].upper() + n[1:] for n in notes) + ".") if notes else ""
+
+
+def _caption(metric: str, mask_rate: float, cells: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
     seeds = sorted(set(int(n) for n in cells["n"])) if len(cells) else []
     seeds_text = "/".join(map(str, seeds)) if seeds else "0"
     name = METRIC_NAMES.get(metric, metric)
     return (f"{name}, {mask_rate:.0%} of training labels masked; mean ± std over {seeds_text} seed(s); "
-            f"best per column in bold. Queries with no relevant database item are excluded from MAP.")
+            f"best per column in bold. Queries with no relevant database item are excluded from MAP."
+            + _inputs_note(frame, cells))
 
 
 def map_table_markdown(frame: pd.DataFrame, mask_rate: float, metric: str = "map") -> str:
@@ -135,7 +153,7 @@ def map_table_latex(frame: pd.DataFrame, mask_rate: float, metric: str = "map", 
     css = pd.DataFrame(np.where(boldmask.to_numpy(), "font-weight: bold;", ""), index=plain.index, columns=plain.columns)
     styler = plain.style.apply(lambda _: css, axis=None)
     styler = styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    caption = _caption(metric, mask_rate, cells).replace("±", r"$\pm$").replace("%", r"\%")
+    caption = _caption(metric, mask_rate, cells, frame).replace("±", r"$\pm$").replace("%", r"\%")
     return styler.to_latex(
         hrules=True, convert_css=True, multicol_align="c", column_format="l" + "r" * plain.shape[1],
         caption=caption, label=label, position_float="centering",
@@ -237,7 +255,7 @@ def write_reports(frame: pd.DataFrame, reports_dir: Path | str, *, metric: str =
         title = "Table 1 counterpart" if rate == 0 else "Table 2 counterpart"
         cells = map_cells(frame, rate, metric)
         sections += [f"## {title}: {METRIC_NAMES.get(metric, metric)}, mask rate {_mask_name(rate)}", "",
-                     _caption(metric, rate, cells), "", md]
+                     _caption(metric, rate, cells, frame), "", md]
         _write(reports_dir / f"{name}.md", md)
         _write(reports_dir / f"{name}.tex", map_table_latex(frame, rate, metric, label=f"tab:{metric}-mask{_mask_name(rate)}"))
         written += [reports_dir / f"{name}.md", reports_dir / f"{name}.tex"]
@@ -274,3 +292,6 @@ def print_tables(frame: pd.DataFrame, metric: str = "map", out=None) -> None:
         if md:
             print(f"\n{METRIC_NAMES.get(metric, metric)}, mask rate {_mask_name(rate)}:\n", file=out)
             print(md, file=out)
+            note = _inputs_note(frame, map_cells(frame, rate, metric))
+            if note:
+                print(note.strip() + "\n", file=out)

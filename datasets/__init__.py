@@ -16,6 +16,7 @@ from datasets.base import Dataset, MaskedLabels, Protocol, mask_labels, random_p
 __all__ = [
     "Dataset", "Protocol", "MaskedLabels", "mask_labels", "random_protocol",
     "load_dataset", "get_loader", "list_datasets", "dataset_status", "resolve_data_root", "DATA_ROOT_ENV",
+    "default_image_features",
 ]
 
 DATA_ROOT_ENV = "CMH_DATA_ROOT"
@@ -73,6 +74,16 @@ def dataset_status(name: str, data_root: str | os.PathLike | None = None, **opti
     options, feature = split_feature_options(options)
     present, reason = _loader(name, 2)(resolve_data_root(data_root), **options)
     return feature_status(feature) if present and feature is not None else (present, reason)
+
+
+def default_image_features(name: str) -> dict:
+    """Feature options for methods that cannot read this dataset's pixels (the shallow ones).
+
+    A loader module may declare ``DEFAULT_IMAGE_FEATURES``; otherwise 512-d GIST, the hand-crafted image
+    feature that SCM and SePH used on MIRFlickr and NUS-WIDE.
+    """
+    module = importlib.import_module(LOADERS[name][0]) if name in LOADERS else None
+    return dict(getattr(module, "DEFAULT_IMAGE_FEATURES", {"image_features": "gist"}))
 
 
 def list_datasets() -> list[str]:

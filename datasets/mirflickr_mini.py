@@ -52,6 +52,9 @@ IMAGE_DIR = DATA_DIR / "images"
 CHECKSUM = "26b6b684904435573a6d5c7911be286704554a0ff41e7ed4dcae416fbcdeb3bc"
 N_ITEMS, N_QUERY, N_LABELS, N_TAGS = 724, 100, 24, 1386
 STORED_SEED = 0
+# What methods that cannot read pixels get: GIST at the stored 128 px (LMgist's own default size), so the
+# descriptor is not computed on upsampled images.
+DEFAULT_IMAGE_FEATURES = {"image_features": "gist", "gist_size": 128}
 # Columns of LAll: the 24 MIRFlickr annotation concepts in alphabetical order (confirmed against the
 # official per-image annotations in ../shared/data/mirflickr25k/SOURCE.md; not stored in the .mat file).
 LABEL_NAMES = ("animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor", "lake",

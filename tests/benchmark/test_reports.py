@@ -122,3 +122,28 @@ def test_stale_generated_files_are_replaced(frame, tmp_path):
 def test_empty_frame_gives_no_tables():
     empty = records_to_frame([])
     assert isinstance(empty, pd.DataFrame) and map_table_markdown(empty, 0.0) == ""
+
+
+def test_captions_name_the_image_input_of_each_method_on_pixel_datasets(tmp_path):
+    from benchmark.records import image_input
+
+    gist = {"name": "mini", "image": [10, 512], "image_kind": "features", "image_features": "gist",
+            "image_features_params": '{"image_size": 128}'}
+    pixels = {"name": "mini", "image": [10, 128, 128, 3], "image_kind": "pixels"}
+    recs = [record("g", "scm-seq", 0, 0.6, 0.6, dataset="mini", dlabel="mini"),
+            record("p", "rdcmh", 0, 0.55, 0.6, dataset="mini", dlabel="mini"),
+            record("w", "random", 0, 0.1, 0.1, dataset="wiki", dlabel="wiki")]
+    recs[0]["dataset"] = gist
+    recs[1]["dataset"] = pixels
+    recs[1]["method"] = {"params": {"image_backbone": "auto", "image_size": 64, "image_weights": None}}
+    recs[2]["dataset"] = {"name": "wiki", "image": [10, 128], "image_kind": "features"}
+    assert image_input(recs[0]) == "gist 512-d (128 px)"
+    assert image_input(recs[1]) == "pixels 64 px, cnnf from scratch"
+    recs[1]["method"]["params"]["image_weights"] = "imagenet-vgg-f.mat"
+    assert image_input(recs[1]) == "pixels 64 px, cnnf pretrained"
+    frame = records_to_frame(recs)
+    write_reports(frame, tmp_path, plots=False)
+    text = (tmp_path / "results.md").read_text()
+    assert "Image input on mini: gist 512-d (128 px) (scm-seq); pixels 64 px, cnnf pretrained (rdcmh)." in text
+    assert "Image input on wiki" not in text  # every method read Wiki's own feature vectors
+    assert "Image input on mini" in (tmp_path / "table_map_mask0.tex").read_text()
