@@ -194,3 +194,21 @@ def test_pack_unpack_codes():
     codes = np.array([[1, -1, 1], [-1, -1, 1]], dtype=np.int8)
     assert pack_codes(codes).shape == (2, 1)
     assert np.array_equal(unpack_codes(pack_codes(codes), 3), codes)
+
+
+def test_method_that_cannot_read_pixels_gets_the_datasets_gist_features(plugins, tmp_path, monkeypatch):
+    """On a dataset whose image side is pixels, a feature-only method is fitted on the declared GIST
+    features (mirflickr25k-mini: 512-d at 128 px), and the record says so."""
+    import datasets
+    from methods.base import Hasher
+
+    monkeypatch.setenv("CMH_CACHE_DIR", str(tmp_path / "cache"))
+    assert not plugins.Spy.accepts_pixels and not Hasher.accepts_pixels
+    out = evaluate_run(spec("plugins_evaluate:Spy", dataset="mirflickr25k-mini", options={"seed": 0}),
+                       config=EvalConfig(topk=(10,), precision_ns=(1,)))
+    (seen,) = plugins.Spy.fits
+    assert seen["image"].shape == (624, 512) and seen["image"].dtype == np.float32
+    assert out.dataset["image_features"] == "gist" and out.dataset["image"] == [724, 512]
+    assert json.loads(out.dataset["image_features_params"])["image_size"] == 128
+    assert datasets.default_image_features("mirflickr25k-mini") == {"image_features": "gist", "gist_size": 128}
+    assert datasets.default_image_features("mirflickr25k") == {"image_features": "gist"}
