@@ -105,7 +105,7 @@ class _ArraySource:
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         axes = LAYOUT_AXES[self.layout]
-        block = np.take(self.arr, idx, axis=axes[0])
+        block = np.asarray(np.take(self.arr, idx, axis=axes[0]))  # a plain ndarray, not a file-less memmap
         return np.ascontiguousarray(block.transpose(axes)) if self.layout != "nhwc" else block
 
 

@@ -60,7 +60,7 @@ def _assert_same_indexing(x, ref):
     for key in INDEXES:
         got = x[key]
         want = ref[tuple(key) if isinstance(key, tuple) else (list(key) if isinstance(key, list) else key)]
-        assert isinstance(got, np.ndarray) and got.dtype == np.uint8
+        assert type(got) is np.ndarray and got.dtype == np.uint8
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(np.asarray(x), ref)
 
