@@ -88,23 +88,56 @@ def _formatter(prog):
 
 
 def _split(values, convert, flag: str):
-    """Comma-separated and/or repeated values -> list, or None when the flag is absent."""
-    if not values:
+    """Comma-separated and/or repeated values -> list, or None when the flag is absent.
+
+    An empty item (``--bits ,`` or ``--bits 16,,32``) is an error: a flag given must select something."""
+    if values is None:
         return None
+    what = {int: "integers", float: "numbers", str: "names"}.get(convert, f"{convert.__name__} values")
     out = []
     for chunk in values:
         for item in chunk.split(","):
             item = item.strip()
             if not item:
-                continue
+                raise InputError(f"{flag} {chunk!r} is invalid (an empty item); valid: a comma-separated list of {what}")
             try:
                 out.append(convert(item))
             except ValueError:
-                raise InputError(f"{flag} {item!r} is invalid; valid: a comma-separated list of {convert.__name__} values") from None
-    return out or None
+                raise InputError(f"{flag} {item!r} is invalid; valid: a comma-separated list of {what}") from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------- run
+def _check_run_args(args, filters: dict) -> None:
+    """Every argument that cannot work fails here, in one line, before the suite is even read."""
+    import math
+
+    from benchmark.runner import MAX_TIMEOUT_S, check_writable_dir
+
+    if args.jobs < 1:
+        raise InputError(f"--jobs {args.jobs} is invalid; valid: a positive integer")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} is invalid; valid: a positive integer")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):
+        raise InputError(f"--timeout {args.timeout} is invalid; valid: a positive finite number of seconds up to "
+                         f"{MAX_TIMEOUT_S:.0f}")
+    for flag, values, ok, what in (("--bits", filters["bits"], lambda v: v > 0, "positive integers"),
+                                   ("--seeds", filters["seeds"], lambda v: v >= 0, "non-negative integers"),
+                                   ("--mask-rates", filters["mask_rates"], lambda v: 0 <= v < 1, "numbers in [0, 1)")):
+        bad = [v for v in values or () if not ok(v)]
+        if bad:
+            raise InputError(f"{flag} {bad[0]} is invalid; valid: {what}")
+    if args.data_root is not None:
+        if not str(args.data_root).strip():
+            raise InputError("--data-root '' is invalid; valid: a directory (omit it for $CMH_DATA_ROOT or ./data)")
+        if not Path(args.data_root).is_dir():
+            raise InputError(f"--data-root {str(args.data_root)!r} is not a directory; valid: an existing directory")
+    if not args.dry_run:
+        check_writable_dir(args.results_dir, "--results-dir")
+        if not args.no_report:
+            check_writable_dir(args.reports_dir, "--reports-dir")
+
+
 def _cmd_run(args) -> int:
     from benchmark.evaluate import EvalConfig
     from benchmark.records import RecordStore, load_records
@@ -112,12 +145,6 @@ def _cmd_run(args) -> int:
     from benchmark.runner import RunSettings, available_cores, resolve_run_device, run_specs
     from benchmark.suites import expand_suite, filter_specs
 
-    if args.jobs < 1:
-        raise InputError(f"--jobs {args.jobs} is invalid; valid: a positive integer")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads {args.threads} is invalid; valid: a positive integer")
-    if args.timeout is not None and not args.timeout > 0:
-        raise InputError(f"--timeout {args.timeout} is invalid; valid: a positive number of seconds")
     filters = dict(
         methods=_split(args.methods, str, "--methods"),
         datasets=_split(args.datasets, str, "--datasets"),
@@ -125,17 +152,23 @@ def _cmd_run(args) -> int:
         mask_rates=_split(args.mask_rates, float, "--mask-rates"),
         seeds=_split(args.seeds, int, "--seeds"),
     )
-    expansion = expand_suite(args.suite, data_root=args.data_root)
+    _check_run_args(args, filters)
+    # A module:Class plug-in named by --methods joins the suite's grid (README: "runs it in any suite").
+    plugins = [m for m in filters["methods"] or () if ":" in m]
+    expansion = expand_suite(args.suite, data_root=args.data_root, extra_methods=plugins)
     name = expansion.suite.name
     config = EvalConfig.from_dict(expansion.evaluation, f"suite {name}: evaluation")
-    for line in expansion.skipped:
-        print(line, file=sys.stderr)
+    for dname in filters["datasets"] or ():
+        if dname in expansion.skipped_datasets and not any(s.dataset == dname for s in expansion.specs):
+            raise InputError(f"--datasets {dname}: {expansion.skipped_datasets[dname]}")
     specs = expansion.specs
     if specs:
         specs = filter_specs(specs, suite_name=f"suite {name}", **filters)
     if not specs:
-        print(f"suite {name}: nothing to run (every dataset or method was skipped)", file=sys.stderr)
-        return 0
+        why = "; ".join(expansion.skipped) or "its grid is empty"
+        raise InputError(f"suite {name}: nothing to run ({why})")
+    for line in expansion.skipped:
+        print(line, file=sys.stderr)
     device = resolve_run_device(specs, args.device)
     threads = args.threads or max(1, available_cores() // args.jobs)
     store = RecordStore(args.results_dir)
@@ -159,15 +192,22 @@ def _cmd_run(args) -> int:
     if not args.quiet:
         print_tables(frame)
     if not args.no_report:
-        written = write_reports(load_records(args.results_dir), args.reports_dir, plots=not args.no_plots)
+        # Records of other suites in the same directory: a corrupt one is reported, not fatal here
+        # (`report` still refuses it, so that a report never silently drops a result).
+        everything = load_records(args.results_dir, on_corrupt=lambda line: print(line, file=sys.stderr))
+        written = write_reports(everything, args.reports_dir, plots=not args.no_plots)
         print(f"reports: {len(written)} file(s) written to {args.reports_dir}/ (results.md, tables, plots)", file=sys.stderr)
+    if summary.elsewhere:
+        print(f"suite {name}: {len(summary.elsewhere)} run(s) are running in another process on the same results "
+              f"directory and are not recorded yet; rerun or `report` once they finish", file=sys.stderr)
     failed = summary.failed
     if failed:
         print(f"suite {name}: {len(failed)} of {summary.total} run(s) failed or did not finish; "
               f"logs in {Path(args.results_dir) / 'logs'}", file=sys.stderr)
         return 1
-    print(f"suite {name}: {summary.total} run(s) ok ({len(summary.outcomes)} ran now, {len(summary.skipped)} already recorded)",
-          file=sys.stderr)
+    ran = sum(o.status not in ("running elsewhere", "done elsewhere") for o in summary.outcomes)
+    print(f"suite {name}: {summary.total - len(summary.elsewhere)} run(s) ok ({ran} ran now, "
+          f"{summary.total - len(summary.elsewhere) - ran} already recorded)", file=sys.stderr)
     return 0
 
 
@@ -175,6 +215,11 @@ def _cmd_run(args) -> int:
 def _cmd_report(args) -> int:
     from benchmark.records import load_records
     from benchmark.reports import print_tables, write_reports
+    from benchmark.runner import check_writable_dir
+
+    if not str(args.results_dir).strip():
+        raise InputError("--results-dir '' is invalid; valid: the directory a suite wrote its records to")
+    check_writable_dir(args.reports_dir, "--reports-dir")
 
     run_ids = labels = None
     if args.suite is not None:
@@ -378,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None)  # benchmark.runner.Terminated: SIGTERM or SIGHUP
+        if signum is not None:
+            import signal
+
+            print(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume", file=sys.stderr)
+            return 128 + int(signum)
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

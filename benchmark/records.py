@@ -2,23 +2,35 @@
 
 Layout of a results directory::
 
-    records/<run_id>.json     the record (written last: its existence means the run is complete)
-    codes/<run_id>.npz        packed codes of both modalities, queries and database
-    logs/<run_id>.log         the run's log
-    protocols/<digest>.npz    query/database/train indices, saved once per protocol
+    records/<run_id>.json          the record (written last: its existence means the run is complete)
+    codes/<run_id>-<sha256:16>.npz packed codes of both modalities, named by their content hash
+    logs/<run_id>.log              the run's log
+    protocols/<digest>.npz         query/database/train indices, saved once per protocol
+    claims/<run_id>.lock           held while a process runs the run (host, pid, start time inside)
 
 Every file is written atomically (a temporary file in the same directory, then ``os.replace``), so
 a process killed at any point leaves either the old file, the new file, or a stray temporary file
-that readers ignore and :func:`remove_stale_temporaries` deletes. NaN and infinities are written
-as ``null``.
+that readers ignore and :func:`remove_stale_temporaries` deletes. Files get the mode the user's umask
+gives (not ``mkstemp``'s 0600). NaN and infinities are written as ``null``.
+
+A record names its codes file and that file's SHA-256, so a record can only ever be read with the
+codes its own process wrote (:meth:`RecordStore.read_codes` checks the hash). A run is claimed
+(:meth:`RecordStore.claim`) before it starts, so several runners sharing a results directory run
+each run once.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
 import json
 import math
 import os
 import re
+import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,8 +39,8 @@ import numpy as np
 from benchmark.errors import DataFileError, InputError
 
 __all__ = [
-    "RecordStore", "to_jsonable", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries",
-    "load_records", "records_to_frame", "SCHEMA_VERSION", "FRAME_COLUMNS",
+    "RecordStore", "Claim", "to_jsonable", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries",
+    "load_records", "records_to_frame", "user_file_mode", "SCHEMA_VERSION", "FRAME_COLUMNS",
 ]
 
 SCHEMA_VERSION = 1
@@ -58,12 +70,36 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} into a record")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, hence the /proc path first)
+    os.umask(mask)
+    return mask
+
+
+def user_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    The file gets the user's umask (``mkstemp`` alone would leave it 0600, unreadable to a group that
+    shares the results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, user_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -96,7 +132,7 @@ def remove_stale_temporaries(root: Path) -> int:
     root = Path(root)
     if not root.is_dir():
         return 0
-    for sub in ("records", "codes", "protocols"):
+    for sub in ("records", "codes", "protocols", "claims"):
         folder = root / sub
         if not folder.is_dir():
             continue
@@ -111,6 +147,75 @@ def remove_stale_temporaries(root: Path) -> int:
     return removed
 
 
+# ---------------------------------------------------------------------------------------- claims
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+@dataclass
+class Claim:
+    """A held claim on one run: released (the lock file removed) by :meth:`release` or on process death.
+
+    ``taken_over`` describes the previous holder when this claim replaced one whose process had died.
+    """
+
+    run_id: str
+    path: Path
+    fd: int | None
+    taken_over: dict | None = None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        # Remove while still holding the lock: a waiter that opened the old file sees, after locking
+        # it, that the path no longer names its inode and starts over (see RecordStore.claim).
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def _claim_info() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": _now_iso(),
+            "process_started": _process_started(os.getpid())}
+
+
+def _read_claim_file(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _holder_dead(info: dict) -> bool:
+    """True only when the holder is known dead: same host and its pid is gone (or reused since)."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    if not _pid_alive(info["pid"]):
+        return True
+    started, then = _process_started(info["pid"]), info.get("process_started")
+    return started is not None and isinstance(then, (int, float)) and started > then + 1.0
+
+
 class RecordStore:
     """Paths and atomic reads/writes under one results directory."""
 
@@ -120,8 +225,10 @@ class RecordStore:
     def record_path(self, run_id: str) -> Path:
         return self.root / "records" / f"{run_id}.json"
 
-    def codes_path(self, run_id: str) -> Path:
-        return self.root / "codes" / f"{run_id}.npz"
+    def codes_path(self, run_id: str, digest: str | None = None) -> Path:
+        """Where a run's codes go: named by the first 16 hex digits of their SHA-256 (``digest``)."""
+        name = f"{run_id}-{digest[:16]}.npz" if digest else f"{run_id}.npz"
+        return self.root / "codes" / name
 
     def log_path(self, run_id: str) -> Path:
         return self.root / "logs" / f"{run_id}.log"
@@ -129,8 +236,90 @@ class RecordStore:
     def protocol_path(self, digest: str) -> Path:
         return self.root / "protocols" / f"{digest}.npz"
 
+    def claim_path(self, run_id: str) -> Path:
+        return self.root / "claims" / f"{run_id}.lock"
+
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
+
+    # -------------------------------------------------------------------------------- claims
+    def claim(self, run_id: str) -> Claim | dict:
+        """Claim a run before running it: a :class:`Claim`, or the holder's info (host, pid,
+        started_at) when another live process holds it.
+
+        An exclusive ``fcntl.flock`` on ``claims/<run_id>.lock`` (the lock file carries the holder's
+        host, pid and start time for others to report). fcntl rather than a lock library: the kernel
+        drops the lock when its holder dies (even by ``kill -9``), so a dead runner's claim is taken
+        over at once, and the lock file can carry the holder's details while locked. Where flock is
+        unavailable or unsupported by the file system, an exclusively created file whose holder is
+        taken over when it is dead on this host.
+        """
+        path = self.claim_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            fcntl = None
+        while True:
+            if fcntl is None:
+                return self._claim_exclusive(run_id, path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return _read_claim_file(path) or {"host": "?", "pid": "?", "started_at": "?"}
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    fcntl = None  # a file system without flock (some network mounts)
+                    continue
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (removed) the file between our open and our lock
+                os.close(fd)
+                continue
+            previous = None
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+                if text.strip():  # a holder that died without releasing: its lock went with it
+                    previous = _read_claim_file(path) or {"unreadable": True}
+                data = json.dumps(_claim_info()).encode()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, data, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            return Claim(run_id, path, fd, previous)
+
+    def _claim_exclusive(self, run_id: str, path: Path) -> Claim | dict:
+        previous = None
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                info = _read_claim_file(path)
+                if not _holder_dead(info):
+                    return info or {"host": "?", "pid": "?", "started_at": "?"}
+                previous = info
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # its holder is dead on this host: take the claim over
+                continue
+            os.write(fd, json.dumps(_claim_info()).encode())
+            return Claim(run_id, path, fd, previous)
+        return _read_claim_file(path) or {"host": "?", "pid": "?", "started_at": "?"}
+
+    def claim_holder(self, run_id: str) -> dict | None:
+        """Who holds the run's claim now (None when nobody does), without taking it."""
+        got = self.claim(run_id)
+        if isinstance(got, Claim):
+            got.release()
+            return None
+        return got
 
     # -------------------------------------------------------------------------------- reading
     def read(self, run_id: str) -> dict | None:
@@ -157,8 +346,12 @@ class RecordStore:
         return atomic_write_json(self.record_path(record["run_id"]), record)
 
     def write_codes(self, run_id: str, codes: dict[str, np.ndarray], n_bits: int,
-                    extra_arrays: dict[str, np.ndarray] | None = None) -> Path:
-        """Codes packed along rows (+1 -> bit 1); ``n_bits`` is stored to unpack them."""
+                    extra_arrays: dict[str, np.ndarray] | None = None) -> tuple[Path, str]:
+        """Codes packed along rows (+1 -> bit 1); ``n_bits`` is stored to unpack them.
+
+        Returns (path, SHA-256 of the file): the file is named by its content, so two processes that
+        produce different codes for one run can never overwrite each other's file.
+        """
         import io
 
         from benchmark.evaluate import pack_codes
@@ -169,19 +362,36 @@ class RecordStore:
             arrays[name] = arr
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        return atomic_write_bytes(self.codes_path(run_id), buf.getvalue())
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        return atomic_write_bytes(self.codes_path(run_id, digest), data), digest
+
+    def remove_other_codes(self, run_id: str, keep: str | None) -> None:
+        """Delete the run's codes files other than ``keep`` (relative path), once a record names it."""
+        folder = self.root / "codes"
+        if not folder.is_dir():
+            return
+        for p in list(folder.glob(f"{run_id}.npz")) + list(folder.glob(f"{run_id}-*.npz")):
+            if self.relative(p) != keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     def read_codes(self, run_id: str) -> dict[str, np.ndarray]:
-        from benchmark.evaluate import unpack_codes
-
-        path = self.codes_path(run_id)
-        try:
-            with np.load(path) as z:
-                n_bits = int(z["n_bits"])
-                return {k: (unpack_codes(z[k], n_bits) if k in ("db_image", "db_text", "query_image", "query_text") else z[k])
-                        for k in z.files if k != "n_bits"}
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataFileError(f"codes file {path}: cannot be read ({exc})") from None
+        """The codes the run's record names, after checking their SHA-256 against the record."""
+        rec = self.read(run_id)
+        if rec is None or not rec.get("codes"):
+            raise DataFileError(f"run {run_id}: no readable record naming its codes in {self.root / 'records'}")
+        path = self.root / rec["codes"]
+        expected = rec.get("codes_sha256")
+        if expected is not None:
+            try:
+                actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise DataFileError(f"codes file {path}: cannot be read ({exc.strerror or exc})") from None
+            if actual != expected:
+                raise DataFileError(f"codes file {path}: its SHA-256 does not match record {run_id}; rerun the run "
+                                    "with --force")
+        return read_codes_file(path)
 
     def save_protocol(self, protocol) -> Path:
         """Save a protocol's indices once; concurrent writers each use their own temporary file."""
@@ -193,6 +403,8 @@ class RecordStore:
         os.close(fd)
         try:
             protocol.save(tmp)
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, user_file_mode())
             os.replace(tmp, path)
         except BaseException:
             for p in (tmp, tmp + ".tmp"):
@@ -202,6 +414,20 @@ class RecordStore:
                     pass
             raise
         return path
+
+
+def read_codes_file(path: Path | str) -> dict[str, np.ndarray]:
+    """Unpacked codes (and any extra arrays) of one codes file; DataFileError when unreadable."""
+    from benchmark.evaluate import unpack_codes
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            n_bits = int(z["n_bits"])
+            return {k: (unpack_codes(z[k], n_bits) if k in ("db_image", "db_text", "query_image", "query_text") else z[k])
+                    for k in z.files if k != "n_bits"}
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip raises many kinds; all mean "cannot be read"
+        raise DataFileError(f"codes file {path}: cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 # ---------------------------------------------------------------------------------------- the frame
@@ -298,11 +524,12 @@ def records_to_frame(records: Iterable[dict]):
     return frame.reset_index(drop=True)
 
 
-def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None):
+def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None, *, on_corrupt=None):
     """All records of a results directory (or those in ``run_ids``) as one tidy DataFrame.
 
     A record that cannot be parsed raises :class:`DataFileError` naming the file: a report must not
-    silently drop results.
+    silently drop results. With ``on_corrupt`` (a callable taking one line), it is left out and
+    reported through ``on_corrupt`` instead (``run`` does this for records outside its own suite).
     """
     store = RecordStore(results_dir)
     if not Path(results_dir).is_dir():
@@ -314,11 +541,22 @@ def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None):
             continue
         path = store.record_path(rid)
         try:
-            with open(path, encoding="utf-8") as fh:
-                rec = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise DataFileError(f"record {path}: cannot be parsed ({exc}); delete it and rerun the suite") from None
-        if not isinstance(rec, dict) or rec.get("run_id") != rid:
-            raise DataFileError(f"record {path}: its run_id does not match the file name; delete it and rerun the suite")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    rec = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise DataFileError(f"record {path}: cannot be parsed ({exc}); delete it and rerun the suite") from None
+            if not isinstance(rec, dict) or rec.get("run_id") != rid:
+                raise DataFileError(f"record {path}: its run_id does not match the file name; delete it and rerun the suite")
+            try:
+                list(_rows(rec))
+            except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                raise DataFileError(f"record {path}: unexpected content ({type(exc).__name__}: {exc}); delete it "
+                                    "and rerun the suite") from None
+        except DataFileError as exc:
+            if on_corrupt is None:
+                raise
+            on_corrupt(f"skipped {exc}")
+            continue
         records.append(rec)
     return records_to_frame(records)

@@ -1,11 +1,18 @@
 """Run a list of specs: skip the finished ones, run the rest (in parallel if asked), record each.
 
 * A run whose record exists is skipped unless ``force`` (or ``retry_failed`` for failed records).
-* Each run writes its own files (protocol, codes, then the record, each atomically), so a suite
-  killed at any point resumes where it stopped, with no lost, corrupt or duplicated record.
+* A run is claimed (:meth:`RecordStore.claim`) by the process that runs it, before it starts; a run
+  claimed by another live process (another runner on the same results directory) is skipped and
+  reported as running elsewhere, and a run whose record appeared while it waited is not rerun.
+* Each run writes its own files (protocol, codes named by their hash, then the record naming that
+  hash, each atomically), so a suite killed at any point resumes where it stopped, with no lost,
+  corrupt or duplicated record, and no record beside another process's codes.
 * A run that raises, or exceeds ``timeout`` seconds, is recorded as failed; the suite goes on.
-* ``jobs > 1`` uses joblib's loky process pool. Every run gets the same number of BLAS / torch /
+* ``jobs > 1`` uses a loky process pool (joblib's). Every run gets the same number of BLAS / torch /
   numba threads (``threads``, default ``cores // jobs``) so workers do not oversubscribe the cores.
+  Workers die with the runner: SIGTERM, SIGINT or SIGHUP stop them before the runner exits, and
+  each worker has the kernel's parent-death signal (Linux) plus a watchdog thread, so even after
+  ``kill -9`` of the runner no worker outlives it by more than a second or so.
 * Runs are seeded from their spec alone, so on CPU the codes do not depend on ``jobs``.
 """
 from __future__ import annotations
@@ -14,6 +21,7 @@ import contextlib
 import datetime as _dt
 import functools
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,11 +33,18 @@ from pathlib import Path
 
 from benchmark.errors import InputError
 from benchmark.evaluate import EvalConfig, environment, evaluate_run, validate_spec
-from benchmark.records import SCHEMA_VERSION, RecordStore, remove_stale_temporaries
+from benchmark.records import SCHEMA_VERSION, Claim, RecordStore, remove_stale_temporaries
 from benchmark.suites import RunSpec
 
-__all__ = ["RunSettings", "RunOutcome", "SuiteSummary", "RunTimeout", "run_specs", "execute_run", "available_cores",
-           "resolve_run_device"]
+__all__ = ["RunSettings", "RunOutcome", "SuiteSummary", "RunTimeout", "Terminated", "run_specs", "execute_run",
+           "available_cores", "resolve_run_device", "MAX_TIMEOUT_S"]
+
+# setitimer takes seconds as a C time value; beyond ~68 years (2**31 s) it overflows on some platforms.
+MAX_TIMEOUT_S = float(2**31 - 1)
+
+# Outcome statuses that are not failures of this runner: the run belongs to another process.
+ELSEWHERE = "running elsewhere"
+DONE_ELSEWHERE = "done elsewhere"
 
 
 class RunTimeout(BaseException):
@@ -37,6 +52,14 @@ class RunTimeout(BaseException):
 
     A BaseException so that a method's own ``except Exception`` cannot swallow it.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received: handled like Ctrl-C (workers stopped, nothing half-written kept)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def available_cores() -> int:
@@ -76,7 +99,12 @@ class SuiteSummary:
 
     @property
     def failed(self) -> list[str]:
-        return sorted(rid for rid, st in self.statuses.items() if st != "ok")
+        return sorted(rid for rid, st in self.statuses.items() if st not in ("ok", ELSEWHERE))
+
+    @property
+    def elsewhere(self) -> list[str]:
+        """Runs claimed by another live process and not recorded yet (not failures of this runner)."""
+        return sorted(rid for rid, st in self.statuses.items() if st == ELSEWHERE)
 
     @property
     def missing(self) -> list[str]:
@@ -159,15 +187,43 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------------------- one run
-def execute_run(spec_dict: dict, settings_dict: dict) -> RunOutcome:
-    """Run one spec and write its files. Never raises for a failing run: it records it.
+def _now_precise() -> str:
+    # finished_at tells a record apart from the one a runner saw when it planned (see execute_run)
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
-    Takes plain dicts so that it pickles cheaply into a worker process.
+
+# ---------------------------------------------------------------------------------------- one run
+def _holder_text(info: dict) -> str:
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('started_at', '?')}"
+
+
+def execute_run(spec_dict: dict, settings_dict: dict, *, force: bool = False, retry_failed: bool = False,
+                seen_finished: str | None = None) -> RunOutcome:
+    """Claim one spec, run it and write its files. Never raises for a failing run: it records it.
+
+    Takes plain dicts so that it pickles cheaply into a worker process. ``seen_finished`` is the
+    ``finished_at`` of the record the caller saw when it planned the run (None: no record): a
+    different record found after claiming was written by another runner meanwhile, and is kept.
+    Returns status ``"running elsewhere"`` when another live process holds the claim.
     """
     spec = RunSpec.from_dict(spec_dict)
     settings = RunSettings(**settings_dict)
     store = RecordStore(settings.results_dir)
+    rid = spec.run_id
+    claim = store.claim(rid)
+    if not isinstance(claim, Claim):
+        return RunOutcome(rid, ELSEWHERE, 0.0, f"claimed by {_holder_text(claim)}")
+    with claim:
+        rec = store.read(rid)
+        if rec is not None:
+            fresh = rec.get("finished_at") != seen_finished
+            wanted = force or (retry_failed and rec.get("status") != "ok")
+            if fresh or not wanted:
+                return RunOutcome(rid, DONE_ELSEWHERE, 0.0, None)
+        return _execute_claimed(spec, settings, store, claim)
+
+
+def _execute_claimed(spec: RunSpec, settings: RunSettings, store: RecordStore, claim: Claim) -> RunOutcome:
     rid = spec.run_id
     log_path = store.log_path(rid)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +250,8 @@ def execute_run(spec_dict: dict, settings_dict: dict) -> RunOutcome:
         root_logger = logging.getLogger()
         root_logger.addHandler(handler)
         say(f"run {rid}: {spec.describe()}")
+        if claim.taken_over:
+            say(f"took over the claim of a dead process ({_holder_text(claim.taken_over)})")
         say(f"spec {spec.to_dict()}")
         say(f"threads {settings.threads}, timeout {settings.timeout}, device {settings.device}")
         try:
@@ -203,7 +261,7 @@ def execute_run(spec_dict: dict, settings_dict: dict) -> RunOutcome:
                 with _time_limit(settings.timeout):
                     out = evaluate_run(spec, data_root=settings.data_root, device=settings.device, config=config, log=say)
                 protocol_path = store.save_protocol(out.protocol)
-                codes_path = store.write_codes(rid, out.codes, spec.n_bits, out.query_repr)
+                codes_path, codes_sha256 = store.write_codes(rid, out.codes, spec.n_bits, out.query_repr)
             record.update(
                 status="ok",
                 error=None,
@@ -217,6 +275,7 @@ def execute_run(spec_dict: dict, settings_dict: dict) -> RunOutcome:
                 device={**out.device, "threads": settings.threads},
                 extras=out.extras,
                 codes=store.relative(codes_path),
+                codes_sha256=codes_sha256,
             )
         except (Exception, RunTimeout) as exc:
             tb = traceback.format_exc()
@@ -232,8 +291,9 @@ def execute_run(spec_dict: dict, settings_dict: dict) -> RunOutcome:
             )
         finally:
             root_logger.removeHandler(handler)
-        record["finished_at"] = _now()
-        store.write_record(record)
+        record["finished_at"] = _now_precise()
+        store.write_record(record)  # last: a record exists only with complete codes beside it
+        store.remove_other_codes(rid, record.get("codes"))
         say(f"record written: status {record['status']}")
     return RunOutcome(rid, record["status"], time.perf_counter() - t_start,
                       None if record["status"] == "ok" else record["error"]["message"])
@@ -255,17 +315,150 @@ def resolve_run_device(specs: list[RunSpec], device: str) -> str:
     return str(resolve_device(device))
 
 
+# ---------------------------------------------------------------------------------------- workers
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Tie a pool worker's life to the runner's: it must never outlive it (and keep writing records)."""
+    if sys.platform.startswith("linux"):
+        # prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this worker when its parent dies, even
+        # by kill -9, and even while the worker is deep in compiled code holding the GIL.
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watchdog():  # where there is no parent-death signal: poll for being orphaned
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, name="cmh-bench-parent-watchdog", daemon=True).start()
+    # Ctrl-C reaches the whole process group; the runner decides and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(executor) -> None:
+    """Stop every worker now (terminate, then kill), and wait until they are gone."""
+    procs = list(getattr(executor, "_processes", {}).values())
+    with contextlib.suppress(Exception):
+        executor.shutdown(wait=False, kill_workers=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + 3.0
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+    with contextlib.suppress(Exception):
+        # With the workers gone this returns at once, and lets loky release its semaphores (else its
+        # resource tracker warns about leaked ones when the runner exits).
+        executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _termination_signals():
+    """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, like Ctrl-C raises
+    KeyboardInterrupt, so the runner stops its workers instead of leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run_pool(todo: list[RunSpec], settings_dict: dict, jobs: int, threads: int, kwargs_of, done) -> None:
+    from concurrent.futures import as_completed
+
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    env = {name: str(threads) for name in _THREAD_ENV}
+    executor = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_worker_init,
+                                   initargs=(os.getpid(),), env=env)
+    try:
+        futures = [executor.submit(execute_run, spec.to_dict(), settings_dict, **kwargs_of(spec)) for spec in todo]
+        for fut in as_completed(futures):
+            done(fut.result())
+    except BaseException:
+        _stop_pool(executor)
+        raise
+    executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------- checks
+def check_settings(settings: RunSettings, jobs: int = 1) -> None:
+    """Every execution setting that cannot work fails here, in one line, before any work."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InputError(f"--jobs {jobs!r} is invalid; valid: a positive integer")
+    t = settings.timeout
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                          or not 0 < t <= MAX_TIMEOUT_S):
+        raise InputError(f"--timeout {t!r} is invalid; valid: a positive finite number of seconds up to "
+                         f"{MAX_TIMEOUT_S:.0f}")
+    if isinstance(settings.threads, bool) or not isinstance(settings.threads, int) or settings.threads < 1:
+        raise InputError(f"--threads {settings.threads!r} is invalid; valid: a positive integer")
+    check_writable_dir(settings.results_dir, "--results-dir")
+    if settings.data_root is not None:
+        root = str(settings.data_root)
+        if not root.strip():
+            raise InputError("--data-root '' is invalid; valid: a directory (omit it for $CMH_DATA_ROOT or ./data)")
+        if not Path(root).is_dir():
+            raise InputError(f"--data-root {root!r} is not a directory; valid: an existing directory")
+
+
+def check_writable_dir(path, flag: str) -> Path:
+    """A directory that exists or can be created, and can be written: one-line InputError otherwise.
+
+    Creates nothing: it walks up to the deepest existing ancestor and checks that one."""
+    text = "" if path is None else str(path)
+    if not text.strip():
+        raise InputError(f"{flag} {text!r} is invalid; valid: a directory path (it is created when absent)")
+    p = Path(text)
+    probe = p
+    while not probe.exists():
+        if probe.is_symlink():
+            raise InputError(f"{flag} {text!r}: {probe} is a broken symbolic link; valid: a directory")
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        where = "is a file" if probe == p else f"is under {probe}, which is a file"
+        raise InputError(f"{flag} {text!r} {where}; valid: a directory (it is created when absent)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {text!r}: {probe} is not writable by this user; valid: a writable directory")
+    return p
+
+
 def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, force: bool = False,
               retry_failed: bool = False, progress: bool | None = None, echo=None,
               label: str = "suite") -> SuiteSummary:
-    """Run every spec that has no record yet; returns what happened (records are on disk)."""
+    """Run every spec that has no record yet; returns what happened (records are on disk).
+
+    SIGTERM/SIGHUP raise :class:`Terminated` (a KeyboardInterrupt) after the workers are stopped.
+    """
     echo = echo or (lambda line: print(line, file=sys.stderr))
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InputError(f"--jobs {jobs!r} is invalid; valid: a positive integer")
-    if settings.timeout is not None and not settings.timeout > 0:
-        raise InputError(f"--timeout {settings.timeout!r} is invalid; valid: a positive number of seconds")
-    if isinstance(settings.threads, bool) or not isinstance(settings.threads, int) or settings.threads < 1:
-        raise InputError(f"--threads {settings.threads!r} is invalid; valid: a positive integer")
+    check_settings(settings, jobs)
     EvalConfig.from_dict(settings.evaluation)
     for spec in specs:
         validate_spec(spec, settings.device)
@@ -274,12 +467,12 @@ def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, for
     Path(settings.results_dir).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(store.root)
     todo, skipped = [], []
-    seen = set()
+    seen: dict[str, str | None] = {}
     for spec in specs:
         if spec.run_id in seen:
             continue
-        seen.add(spec.run_id)
         rec = store.read(spec.run_id)
+        seen[spec.run_id] = None if rec is None else rec.get("finished_at")
         if rec is not None and not force and not (retry_failed and rec.get("status") != "ok"):
             skipped.append(spec.run_id)
         else:
@@ -290,35 +483,37 @@ def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, for
     outcomes: list[RunOutcome] = []
     aborted = None
     settings_dict = asdict(settings)
+
+    def kwargs_of(spec: RunSpec) -> dict:
+        return {"force": force, "retry_failed": retry_failed, "seen_finished": seen[spec.run_id]}
+
     if todo:
         from tqdm.auto import tqdm
 
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(todo), desc=label, unit="run", disable=not show, file=sys.stderr, dynamic_ncols=True)
+        spec_of = {s.run_id: s for s in todo}
 
-        def done(outcome: RunOutcome, spec_of: dict[str, RunSpec]):
+        def done(outcome: RunOutcome):
             outcomes.append(outcome)
             bar.update(1)
-            if outcome.status != "ok":
-                spec = spec_of[outcome.run_id]
+            spec = spec_of[outcome.run_id]
+            line = None
+            if outcome.status == ELSEWHERE:
+                line = f"running elsewhere: {spec.describe()} [{outcome.run_id}] ({outcome.error}); skipped"
+            elif outcome.status not in ("ok", DONE_ELSEWHERE):
                 line = (f"failed: {spec.describe()} [{outcome.run_id}]: {outcome.error} "
                         f"(log: {store.log_path(outcome.run_id)})")
+            if line:
                 bar.write(line, file=sys.stderr) if show else echo(line)
 
-        spec_of = {s.run_id: s for s in todo}
         try:
-            if jobs == 1 or len(todo) == 1:
-                for spec in todo:
-                    done(execute_run(spec.to_dict(), settings_dict), spec_of)
-            else:
-                from joblib import Parallel, delayed, parallel_config
-
-                with parallel_config(backend="loky", inner_max_num_threads=settings.threads):
-                    results = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator_unordered", batch_size=1)(
-                        delayed(execute_run)(spec.to_dict(), settings_dict) for spec in todo
-                    )
-                    for outcome in results:
-                        done(outcome, spec_of)
+            with _termination_signals():
+                if jobs == 1 or len(todo) == 1:
+                    for spec in todo:
+                        done(execute_run(spec.to_dict(), settings_dict, **kwargs_of(spec)))
+                else:
+                    _run_pool(todo, settings_dict, jobs, settings.threads, kwargs_of, done)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a worker died (killed, out of memory): what finished is on disk
@@ -327,8 +522,12 @@ def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, for
         finally:
             bar.close()
 
+    elsewhere = {o.run_id for o in outcomes if o.status == ELSEWHERE}
     statuses = {}
     for rid in seen:
         rec = store.read(rid)
-        statuses[rid] = rec.get("status", "failed") if rec is not None else "missing"
+        if rec is not None:
+            statuses[rid] = rec.get("status", "failed")
+        else:
+            statuses[rid] = ELSEWHERE if rid in elsewhere else "missing"
     return SuiteSummary(total=len(seen), skipped=skipped, outcomes=outcomes, statuses=statuses, aborted=aborted)

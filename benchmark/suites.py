@@ -308,12 +308,15 @@ def _param_grid(name: str, params: dict, where: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------- expansion
 @dataclass
 class Expansion:
-    """The result of expanding a suite: specs to run, plus one line per skipped part."""
+    """The result of expanding a suite: specs to run, plus one line per skipped part.
+
+    ``skipped_datasets`` maps each skipped dataset name to the one-line reason (files absent)."""
 
     suite: Suite
     specs: list[RunSpec]
     skipped: list[str]
     evaluation: dict
+    skipped_datasets: dict[str, str] = field(default_factory=dict)
 
 
 def _registered_names() -> set[str]:
@@ -335,8 +338,11 @@ def _method_class(name: str, where: str):
 
     Only the named method's module is imported (importing every method would pull in torch).
     """
-    from methods import get_method, method_info
+    from methods import get_method, method_info, name_clashes
 
+    clash = name_clashes().get(name)
+    if clash:
+        raise InputError(f"{where}: {clash}")
     known = _registered_names()
     if name in known:
         info = method_info(name)
@@ -415,28 +421,22 @@ def _dataset_state(name: str, options: dict, data_root, where: str) -> tuple[boo
 
 
 def _check_dataset_options(name: str, options: dict, where: str) -> None:
-    """Bind options to the loader's signature when it has no **kwargs (best effort, before any work)."""
-    import datasets as ds
+    """Options against the dataset's declared ones (before any work): a typo fails in one line."""
+    from datasets._io import check_declared_options
 
     try:
-        loader = ds.get_loader(name)
-    except (ImportError, AttributeError):
-        return  # reported as unavailable by _dataset_state
-    sig = inspect.signature(loader)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    try:
-        sig.bind(None, **options)
-    except TypeError as exc:
-        valid = [p for p in sig.parameters if p != "data_root"]
-        raise InputError(f"{where}: dataset {name!r}: bad options {sorted(options)} ({exc}); valid: {', '.join(valid) or 'none'}") from None
+        check_declared_options(name, options)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
-def expand_suite(suite: Suite | str | Path, data_root=None) -> Expansion:
+def expand_suite(suite: Suite | str | Path, data_root=None, extra_methods=()) -> Expansion:
     """Validate a suite against the method and dataset registries and expand it into run specs.
 
     Methods that are registered but cannot be imported, and datasets whose files are absent, are
     skipped with one line each. Any other problem raises :class:`InputError` before any run starts.
+    ``extra_methods`` (names or ``module:Class`` plug-ins, default parameters) join every grid of
+    the suite that does not list them already.
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
@@ -444,6 +444,7 @@ def expand_suite(suite: Suite | str | Path, data_root=None) -> Expansion:
     where = f"suite {suite.name}"
     experiments = data.get("experiments") or [{}]
     skipped: list[str] = []
+    skipped_datasets: dict[str, str] = {}
     specs: dict[str, RunSpec] = {}
     method_cache: dict[str, tuple] = {}
     dataset_cache: dict[str, tuple] = {}
@@ -461,6 +462,8 @@ def expand_suite(suite: Suite | str | Path, data_root=None) -> Expansion:
         mask_rates = [float(r) for r in _as_list(grid["mask_rates"], "mask_rates", ewhere, _is_rate, "numbers in [0, 1)")]
         seeds = _as_list(grid["seeds"], "seeds", ewhere, lambda v: _is_int(v) and v >= 0, "non-negative integers")
         methods = _entries(grid["methods"], "methods", ewhere, _METHOD_KEYS, "params")
+        listed = {m[0] for m in methods}
+        methods += [(m, {}, None) for m in extra_methods if m not in listed]
         dsets = _entries(grid["datasets"], "datasets", ewhere, _DATASET_KEYS, "options")
 
         resolved_methods = []
@@ -488,6 +491,7 @@ def expand_suite(suite: Suite | str | Path, data_root=None) -> Expansion:
                 line = f"skipped dataset {label}: {reason}"
                 if line not in skipped:
                     skipped.append(line)
+                skipped_datasets.setdefault(name, f"dataset {label} is absent: {reason}")
                 continue
             resolved_datasets.append((name, canonical_json(options), label))
 
@@ -498,7 +502,7 @@ def expand_suite(suite: Suite | str | Path, data_root=None) -> Expansion:
             specs.setdefault(spec.run_id, spec)  # the same run in two experiments is one run
 
     evaluation = data.get("evaluation", {}) or {}
-    return Expansion(suite, list(specs.values()), skipped, evaluation)
+    return Expansion(suite, list(specs.values()), skipped, evaluation, skipped_datasets)
 
 
 def filter_specs(specs: list[RunSpec], *, methods=None, datasets=None, bits=None, mask_rates=None,

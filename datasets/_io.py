@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from benchmark.errors import DataFileError, InputError
 
 __all__ = [
-    "check_options", "check_int", "search_dirs", "find_file", "try_find_file", "mat_kind",
+    "check_options", "declared_options", "check_declared_options", "check_int", "search_dirs", "find_file", "try_find_file", "mat_kind",
     "mat_variable_names", "read_mat", "read_array_file", "read_text_matrix", "as_labels", "as_text",
     "as_features", "as_pixels", "as_image", "read_raw_images",
 ]
@@ -37,6 +37,38 @@ def check_options(dataset: str, options: dict, allowed: Iterable[str]) -> None:
     if unknown:
         valid = ", ".join(allowed) if allowed else "none"
         raise InputError(f"{dataset}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
+
+
+def declared_options(dataset: str) -> tuple[str, ...] | None:
+    """The options a dataset accepts: its loader module's ``OPTIONS`` (else its loader's keyword
+    parameters) plus the image-feature options (:data:`datasets.features.FEATURE_OPTIONS`) unless the
+    module declares ``PIXELS = False``; None when the loader takes ``**options`` and declares nothing
+    (then they cannot be checked up front)."""
+    import importlib
+    import inspect
+
+    import datasets
+    from datasets.features import FEATURE_OPTIONS
+
+    if dataset not in datasets.LOADERS:
+        raise InputError(f"unknown dataset {dataset!r}; valid: {', '.join(datasets.LOADERS)}")
+    module_name, loader_name, _ = datasets.LOADERS[dataset]
+    module = importlib.import_module(module_name)
+    declared = getattr(module, "OPTIONS", None)
+    if declared is None:
+        params = inspect.signature(getattr(module, loader_name)).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        declared = [p.name for p in params if p.name != "data_root"]
+    features = FEATURE_OPTIONS if getattr(module, "PIXELS", True) else ()
+    return tuple(dict.fromkeys([*declared, *features]))
+
+
+def check_declared_options(dataset: str, options: dict) -> None:
+    """Unknown options of a registered dataset are an InputError naming the valid ones, before any work."""
+    valid = declared_options(dataset)
+    if valid is not None:
+        check_options(dataset, options, valid)
 
 
 def check_int(dataset: str, name: str, value, lo: int) -> int:

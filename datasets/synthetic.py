@@ -21,12 +21,14 @@ matrix) on a shared 2-core machine.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 
 import numpy as np
 import scipy.sparse as sp
 
 from benchmark.errors import InputError
+from datasets._io import check_options
 from datasets.base import Dataset, random_protocol
 
 __all__ = ["make_synthetic", "load", "files_present", "GENERATOR_VERSION"]
@@ -148,8 +150,14 @@ def make_synthetic(n_items: int = 2000, n_labels: int = 10, image_dim: int = 128
     return dataset
 
 
+# The options a suite may give (checked before any work): make_synthetic's keyword arguments.
+OPTIONS = tuple(inspect.signature(make_synthetic).parameters)
+PIXELS = False  # the image side is a feature matrix: image-feature options do not apply
+
+
 def load(data_root=None, **options) -> Dataset:
     """Loader entry point: options are :func:`make_synthetic`'s keyword arguments."""
+    check_options("synthetic", options, OPTIONS)
     return make_synthetic(**options)
 
 

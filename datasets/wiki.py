@@ -33,6 +33,10 @@ N_TRAIN, N_TEST = 2173, 693
 CLASS_NAMES = ("art", "biology", "geography", "history", "literature", "media", "music", "royalty", "sport", "warfare")
 
 
+OPTIONS = ()  # the bundled set takes no options
+PIXELS = False  # SIFT features on the image side: image-feature options do not apply
+
+
 def required_files(data_root=None, **options) -> list[Path]:
     return [BUNDLED_FILE]
 
@@ -51,7 +55,7 @@ def standard_protocol() -> Protocol:
 
 def load(data_root=None, **options) -> Dataset:
     """The bundled Wiki dataset with its standard protocol (``data_root`` is ignored: nothing to find)."""
-    check_options("wiki", options, ())
+    check_options("wiki", options, OPTIONS)
     if not BUNDLED_FILE.is_file():
         raise DataFileError(files_present()[1])
     try:

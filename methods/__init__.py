@@ -2,8 +2,10 @@
 
 A method is found by name (``get_method("scm-orth")``), by a ``module:Class`` string
 (``get_method("mypkg.hashers:MyHasher")``), or through the ``cmh_bench.methods`` entry-point
-group of an installed package. Modules are imported lazily: a method whose optional dependency is
-missing is reported as unavailable with the reason, and the rest of the suite still runs.
+group of an installed package. Modules are imported lazily: a method whose module cannot be
+imported (a missing optional dependency, or any exception a broken plug-in raises) is reported as
+unavailable with a one-line reason, and the rest of the suite still runs. An entry point may not
+reuse a built-in name: the clash is an error naming both.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from importlib import metadata
 from benchmark.errors import InputError
 from methods.base import Hasher, binarize, clone
 
-__all__ = ["Hasher", "binarize", "clone", "get_method", "list_methods", "method_info", "make_method", "REGISTRY"]
+__all__ = ["Hasher", "binarize", "clone", "get_method", "list_methods", "method_info", "make_method", "name_clashes",
+           "REGISTRY"]
 
 ENTRY_POINT_GROUP = "cmh_bench.methods"
 
@@ -61,6 +64,13 @@ def _all_targets() -> dict[str, str]:
     return targets
 
 
+def name_clashes() -> dict[str, str]:
+    """Entry points that reuse a built-in name -> a one-line error naming both."""
+    return {name: (f"method name {name!r} is both the built-in {REGISTRY[name]} and the entry point {value} "
+                   f"(group {ENTRY_POINT_GROUP}); rename the entry point")
+            for name, value in _entry_points().items() if name in REGISTRY}
+
+
 def _import_target(target: str):
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
@@ -76,8 +86,14 @@ def _import_target(target: str):
 
 
 def get_method(name: str) -> type[Hasher]:
-    """The Hasher class registered under ``name``, or named by a ``module:Class`` string."""
+    """The Hasher class registered under ``name``, or named by a ``module:Class`` string.
+
+    Any exception raised while importing the method's module becomes a one-line InputError naming
+    the method and the error."""
     targets = _all_targets()
+    clash = name_clashes().get(name)
+    if clash:
+        raise InputError(clash)
     if name in targets:
         target = targets[name]
     elif ":" in name:
@@ -86,8 +102,13 @@ def get_method(name: str) -> type[Hasher]:
         raise InputError(f"unknown method {name!r}; valid: {', '.join(sorted(targets))} or a 'module:Class' plug-in")
     try:
         return _import_target(target)
+    except InputError:
+        raise
     except ImportError as exc:
         raise InputError(f"method {name!r} is unavailable: {exc}") from None
+    except (Exception, SystemExit) as exc:  # a broken plug-in must not take the whole suite down
+        where = "" if target == name else f" ({target})"
+        raise InputError(f"method {name!r}{where} cannot be imported: {type(exc).__name__}: {exc}") from None
 
 
 def make_method(name: str, **params) -> Hasher:

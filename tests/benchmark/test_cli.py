@@ -162,13 +162,27 @@ def test_failed_run_exits_1_and_the_rest_is_recorded(tmp_path, plugins, capsys):
     assert statuses == ["failed", "ok"]
 
 
-def test_absent_datasets_are_skipped_not_an_error(tmp_path, capsys):
-    suite = tmp_path / "absent.yaml"
-    suite.write_text("datasets: [mirflickr25k]\nmethods: [random]\nbits: [8]\nmask_rates: [0.0]\nseeds: [0]\n")
-    assert main(["run", "--suite", str(suite), "--data-root", str(tmp_path / "none"), "--results-dir",
-                 str(tmp_path / "r"), *FAST]) == 0
+def test_absent_datasets_are_named_and_nothing_left_to_run_is_exit_2(tmp_path, capsys):
+    empty = tmp_path / "none"
+    empty.mkdir()
+    both = tmp_path / "both.yaml"
+    both.write_text(f"datasets: [mirflickr25k, {DATA}]\nmethods: [random]\nbits: [8]\nmask_rates: [0.0]\nseeds: [0]\n")
+    base = ["run", "--data-root", str(empty), "--results-dir", str(tmp_path / "r"), "--no-report", "--quiet", *FAST]
+    # a suite that skips an absent dataset says which, and runs the rest
+    assert main([*base, "--suite", str(both)]) == 0
     err = capsys.readouterr().err
-    assert "skipped dataset mirflickr25k" in err and "nothing to run" in err
+    assert "skipped dataset mirflickr25k: mirflickr25k: missing file mirflickr25k-lall.mat" in err
+    assert "1 run(s) ok" in err
+    # the same dataset named explicitly: exit 2, one line
+    assert main([*base, "--suite", str(both), "--datasets", "mirflickr25k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --datasets mirflickr25k: dataset mirflickr25k is absent:")
+    # nothing left to run: exit 2, one line naming what was skipped
+    only = tmp_path / "absent.yaml"
+    only.write_text("datasets: [mirflickr25k]\nmethods: [random]\nbits: [8]\nmask_rates: [0.0]\nseeds: [0]\n")
+    assert main([*base, "--suite", str(only)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: suite absent: nothing to run (skipped dataset mirflickr25k:")
 
 
 def test_cuda_without_a_gpu_is_bad_input(tmp_path, capsys):

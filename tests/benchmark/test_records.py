@@ -70,11 +70,31 @@ def test_codes_round_trip_packed(tmp_path, n_bits):
     codes = {k: np.where(rng.random((7, n_bits)) < 0.5, -1, 1).astype(np.int8)
              for k in ("db_image", "db_text", "query_image", "query_text")}
     store = RecordStore(tmp_path)
-    store.write_codes("rid", codes, n_bits, {"query_image_repr": np.arange(6.0).reshape(2, 3)})
+    path, digest = store.write_codes("rid", codes, n_bits, {"query_image_repr": np.arange(6.0).reshape(2, 3)})
+    assert path.name == f"rid-{digest[:16]}.npz" and len(digest) == 64
+    store.write_record({"run_id": "rid", "codes": store.relative(path), "codes_sha256": digest})
     back = store.read_codes("rid")
     for k, v in codes.items():
         assert back[k].dtype == np.int8 and np.array_equal(back[k], v)
     assert np.array_equal(back["query_image_repr"], np.arange(6.0).reshape(2, 3))
+
+
+def test_codes_are_bound_to_their_record_by_hash(tmp_path):
+    """Codes of another process (different content) get another file name, and a record never reads them."""
+    store = RecordStore(tmp_path)
+    ones = {"db_image": np.ones((3, 8), np.int8)}
+    mine, digest = store.write_codes("rid", ones, 8)
+    other, _ = store.write_codes("rid", {"db_image": -ones["db_image"]}, 8)
+    assert mine != other and mine.is_file() and other.is_file()
+    store.write_record({"run_id": "rid", "codes": store.relative(mine), "codes_sha256": digest})
+    store.remove_other_codes("rid", store.relative(mine))
+    assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == [mine.name]
+    assert (store.read_codes("rid")["db_image"] == 1).all()
+    mine.write_bytes(b"not these codes")  # the file changed under its record
+    with pytest.raises(DataFileError, match="SHA-256 does not match record rid"):
+        store.read_codes("rid")
+    with pytest.raises(DataFileError, match="no readable record"):
+        store.read_codes("absent")
 
 
 def test_protocol_saved_once_and_loadable(tmp_path):
