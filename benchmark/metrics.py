@@ -362,13 +362,26 @@ def _check_ns(ns, n_db: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+# The stable kernel packs (grade << 48 | distance << 32 | position) into one uint64 per item, so a
+# distance must fit in 16 bits: codes of up to 65,535 bits.
+STABLE_KERNEL_MAX_BITS = 2**16 - 1
+
+
 def _stable(prob, k: int, cutoffs=None, gains=None) -> dict:
     """Stable-order metrics from one counting pass (:func:`benchmark._kernels.hamming_stable`).
 
     ``cutoffs`` (sorted, unique) asks for relevant items in the top N; ``gains`` (per shared-label
-    count) asks for DCG@k and ideal DCG@k with graded relevance."""
+    count) asks for DCG@k and ideal DCG@k with graded relevance. Codes longer than
+    ``STABLE_KERNEL_MAX_BITS`` go through the sorting path with the Hamming distance instead."""
     nq, nd = prob["n_query"], prob["n_db"]
     cut = np.zeros(0, np.int64) if cutoffs is None else cutoffs
+    if prob["n_bits"] > STABLE_KERNEL_MAX_BITS:
+        # Exact distances (int64) by a stable sort: the stable policy, at any code length.
+        wide = dict(prob, q=prob["qp"], d=prob["dp"], distance=K.hamming_dense)
+        ap, hits, dcg, idcg, n_rel = _own_distance_metrics(wide, False, k, cut)
+        # ap is already AP@k; express it as (sum, found = 1) so callers divide the same way.
+        return {"ap_sum": ap, "ap_found": np.ones(nq, np.int64), "hits": hits, "dcg": dcg, "idcg": idcg,
+                "n_rel": n_rel}
     graded = gains is not None
     if graded:
         dhi, dlo = K.prefix_table(nd, 1)

@@ -461,3 +461,44 @@ def test_bad_input_raises_one_line_input_error(case):
     with pytest.raises(InputError) as err:
         BAD_CALLS[case]()
     assert "\n" not in str(err.value) and str(err.value)
+
+
+# ---------------------------------------------------------------------------------------- code length limits
+def _stable_map_reference(q, d, ql, dl):
+    """Classic loop: stable sort by exact Hamming distance, AP over the relevant items' ranks."""
+    dist = (q.shape[1] - q.astype(np.int64) @ d.T.astype(np.int64)) // 2
+    rel = (ql @ dl.T) > 0
+    aps = []
+    for i in range(q.shape[0]):
+        r = rel[i, np.argsort(dist[i], kind="stable")]
+        if r.any():
+            hits = np.cumsum(r)
+            aps.append(float(np.mean(hits[r] / (np.flatnonzero(r) + 1))))
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("n_bits", [65535, 65536, 65537])
+def test_stable_policy_is_exact_at_and_beyond_16_bit_distances(n_bits):
+    """The stable kernel keeps a distance in 16 bits; longer codes take the exact sorting path.
+
+    The database holds each query's complement (distance = n_bits, which wraps to 0 in 16 bits at
+    65,536) ahead of the query itself, so a truncated distance would rank the complement first."""
+    from benchmark.metrics import STABLE_KERNEL_MAX_BITS
+
+    rng = np.random.default_rng(n_bits)
+    q = np.where(rng.random((3, n_bits)) < 0.5, -1, 1).astype(np.int8)
+    d = np.concatenate([-q, q, np.where(rng.random((4, n_bits)) < 0.5, -1, 1).astype(np.int8)])
+    ql = np.eye(3, dtype=np.uint8)
+    dl = np.concatenate([np.eye(3, dtype=np.uint8), np.eye(3, dtype=np.uint8)[[1, 2, 0]], rng.integers(0, 2, (4, 3))])
+    expected = _stable_map_reference(q, d, ql, dl)
+    got = M.mean_average_precision(q, d, ql, dl, ties="stable").value
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert (n_bits > STABLE_KERNEL_MAX_BITS) == (n_bits >= 65536)
+    # precision@1 under the stable order: the query's own copy (distance 0) comes first
+    p1 = M.precision_at_n(q, d, ql, dl, [1, 2], ties="stable")
+    ref = M.precision_at_n(q, d, ql, dl, [1, 2], ties="stable",
+                           distance=lambda a, b: M.hamming_distance(a, b).astype(float))
+    assert np.allclose(p1, ref)
+    nd = M.ndcg(q, d, ql, dl, ties="stable")
+    nd_ref = M.ndcg(q, d, ql, dl, ties="stable", distance=lambda a, b: M.hamming_distance(a, b).astype(float))
+    assert nd == pytest.approx(nd_ref, abs=1e-12)
