@@ -36,6 +36,7 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher
+from methods.dcmh import _PIXEL_INIT
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
                           forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
                           pixel_transform, resolve_device, resolve_image_backbone, seeded, to_tensor)
@@ -258,6 +259,9 @@ class CDQ(Hasher):
     check_params: ClassVar[dict[str, Any]] = {
         "n_codewords": 16, "dim": 32, "hidden": 128, "n_epochs": 20, "batch_size": 32, "decay_every": 10,
     }
+
+    pixel_check_params: ClassVar[dict[str, Any]] = {"image_size": 40, "n_epochs": 2}  # CNN-F, smallest input
+    known_check_failures = {name: _PIXEL_INIT for name in ("pixels_codes_format", "pixels_beats_random_floor")}
 
     def __init__(self, n_bits: int = 32, n_codewords: int = 256, dim: int = 128, alpha: float | None = None,
                  quant_weight: float = 0.003, n_epochs: int = 12, batch_size: int = 64,

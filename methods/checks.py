@@ -11,9 +11,16 @@ parameters to build it with, each raising ``AssertionError`` with a one-line rea
 A method declares checks it is known to fail in ``known_check_failures = {check: reason}``; they
 are reported as expected failures, never silently skipped. ``check_params`` on the class makes the
 checks fast (fewer epochs, smaller layers); the checks never change anything else.
+
+The ``pixels_*`` checks repeat the main checks with the image side as raw uint8 images
+(:func:`check_pixel_data`: 32 x 32 pictures whose coloured blocks depend on the labels). A method
+with ``accepts_pixels`` runs them with ``check_params`` updated by its ``pixel_check_params`` (e.g.
+a small ``image_size`` and fewer epochs: CNN-F costs far more per item than the MLP on features);
+a method without it must refuse pixels with a one-line InputError before any work.
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import pickle
 from dataclasses import dataclass
@@ -26,9 +33,10 @@ import scipy.sparse as sp
 from benchmark.errors import InputError
 from methods.base import Hasher, NotFittedError
 
-__all__ = ["CHECKS", "check_hasher", "check_names", "resolve_hasher", "CheckData", "check_data"]
+__all__ = ["CHECKS", "applies", "check_hasher", "check_names", "resolve_hasher", "CheckData", "check_data", "check_pixel_data"]
 
 N_BITS = 16
+PIXEL_SIDE = 32  # stored image side; methods resize to their backbone's input size
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,55 @@ def check_data() -> CheckData:
     return CheckData(train, scrambled, ds.subset(p.query), ds.subset(p.database))
 
 
+def _label_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (n, 32, 32, 3): noise, plus for each label of an item a block of that label's colour in
+    that label's cell of a 2 x 4 grid (16 x 8 pixels), itself noisy. Images of items that share a
+    label share a block, so image content predicts the labels (and the retrieval relevance)."""
+    n, n_labels = labels.shape
+    x = rng.normal(90.0, 25.0, (n, PIXEL_SIDE, PIXEL_SIDE, 3))
+    palette = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 40],
+                        [230, 40, 230], [40, 230, 230], [250, 250, 250], [10, 10, 10]], dtype=np.float64)
+    h, w = PIXEL_SIDE // 2, PIXEL_SIDE // 4
+    for lab in range(n_labels):
+        r, c = divmod(lab % 8, 4)
+        on = labels[:, lab] > 0
+        block = palette[lab % 8] + rng.normal(0.0, 20.0, (int(on.sum()), h, w, 3))
+        x[on, r * h:(r + 1) * h, c * w:(c + 1) * w] = block
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def check_pixel_data() -> CheckData:
+    """:func:`check_data` with the image side replaced by raw uint8 images drawn from each item's labels.
+
+    The training images are drawn from the true labels of every item, masked or not (a picture
+    exists whether or not its labels are known); the methods still see only the visible labels.
+    """
+    from datasets.base import mask_labels
+    from datasets.synthetic import make_synthetic
+
+    ds = make_synthetic(n_items=600, n_labels=8, image_dim=24, text_dim=80, latent_dim=12, noise=0.3,
+                        label_density=0.12, words_per_item=8, n_query=100, n_train=300, seed=7)
+    base = check_data()
+    rng = np.random.default_rng(23)
+    p = ds.protocol
+    _, _, lab_train = ds.subset(p.train)
+    masked = mask_labels(lab_train, 0.5, seed=3)
+    train = (_label_images(np.asarray(lab_train), rng), *base.train[1:])
+    assert np.array_equal(masked.labels, base.train[2])  # same items and mask as the feature data
+    query = (_label_images(np.asarray(base.query[2]), rng), *base.query[1:])
+    database = (_label_images(np.asarray(base.database[2]), rng), *base.database[1:])
+    return CheckData(train, base.train_scrambled_labels, query, database)
+
+
+# The data the running check uses: the feature data, or the pixel data inside a pixels_* check.
+_PIXELS = contextvars.ContextVar("check_pixels", default=False)
+
+
+def _data() -> CheckData:
+    return check_pixel_data() if _PIXELS.get() else check_data()
+
+
 def _copy_inputs(train):
     return tuple(x.copy() for x in train)
 
@@ -81,6 +138,8 @@ def resolve_hasher(method) -> tuple[type[Hasher], dict[str, Any]]:
 def _build(cls: type[Hasher], params: dict, **overrides) -> Hasher:
     names = set(cls._get_param_names())
     merged = {**params, **cls.check_params}
+    if _PIXELS.get():
+        merged.update(getattr(cls, "pixel_check_params", {}))
     merged.setdefault("n_bits", N_BITS)
     merged.setdefault("random_state", 0)
     if "device" in names:
@@ -90,7 +149,7 @@ def _build(cls: type[Hasher], params: dict, **overrides) -> Hasher:
 
 
 def _fit(cls, params, labels=None, **overrides) -> Hasher:
-    d = check_data()
+    d = _data()
     img, txt, lab, labeled = _copy_inputs(d.train)
     return _build(cls, params, **overrides).fit(img, txt, lab if labels is None else labels.copy(), labeled)
 
@@ -121,7 +180,7 @@ def check_init_only_stores(cls, params):
 
 def check_encode_before_fit_raises(cls, params):
     """Encoding an unfitted hasher fails with NotFittedError (one line), not an AttributeError deep inside."""
-    d = check_data()
+    d = _data()
     h = _build(cls, params)
     for enc, x in ((h.encode_image, d.query[0]), (h.encode_text, d.query[1])):
         try:
@@ -133,7 +192,7 @@ def check_encode_before_fit_raises(cls, params):
 
 def check_codes_format(cls, params):
     """Codes are int8 {-1,+1}, one row per item, n_bits columns, and not all identical."""
-    d = check_data()
+    d = _data()
     h = _fit(cls, params)
     n_bits = h.get_params()["n_bits"]
     for name, codes, n in (("image", h.encode_image(d.database[0]), d.database[0].shape[0]),
@@ -149,7 +208,7 @@ def check_codes_format(cls, params):
 
 def check_same_seed_same_codes(cls, params):
     """Two fresh hashers with the same random_state give identical codes."""
-    d = check_data()
+    d = _data()
     a = _encode_both(_fit(cls, params), d.database)
     b = _encode_both(_fit(cls, params), d.database)
     _assert_same_codes(a, b, "same random_state")
@@ -157,7 +216,7 @@ def check_same_seed_same_codes(cls, params):
 
 def check_fit_twice(cls, params):
     """Refitting the same object gives the same codes as the first fit (no state leaks between fits)."""
-    d = check_data()
+    d = _data()
     h = _fit(cls, params)
     first = _encode_both(h, d.database)
     img, txt, lab, labeled = _copy_inputs(d.train)
@@ -177,7 +236,7 @@ def _equal(a, b) -> bool:
 
 def check_inputs_not_mutated(cls, params):
     """fit and encode leave their input arrays untouched."""
-    d = check_data()
+    d = _data()
     inputs = _copy_inputs(d.train)
     before = [_snapshot(x) for x in inputs]
     h = _build(cls, params).fit(*inputs)
@@ -190,7 +249,7 @@ def check_inputs_not_mutated(cls, params):
 
 def check_pickle_roundtrip(cls, params):
     """A fitted hasher survives pickling and encodes identically afterwards."""
-    d = check_data()
+    d = _data()
     h = _fit(cls, params)
     h2 = pickle.loads(pickle.dumps(h))
     _assert_same_codes(_encode_both(h, d.query), _encode_both(h2, d.query), "after pickling")
@@ -198,7 +257,7 @@ def check_pickle_roundtrip(cls, params):
 
 def check_batch_equals_single(cls, params):
     """Encoding rows in one batch equals encoding them one at a time (no batch statistics)."""
-    d = check_data()
+    d = _data()
     h = _fit(cls, params)
     img, txt = d.query[0][:12], d.query[1][:12]
     batch = _encode_both(h, (img, txt))
@@ -209,7 +268,7 @@ def check_batch_equals_single(cls, params):
 
 def check_masked_labels_ignored(cls, params):
     """Garbage in the rows of unlabeled items changes nothing: a method never reads a masked label."""
-    d = check_data()
+    d = _data()
     clean = _encode_both(_fit(cls, params), d.database)
     scrambled = _encode_both(_fit(cls, params, labels=d.train_scrambled_labels), d.database)
     _assert_same_codes(clean, scrambled, "masked labels scrambled")
@@ -217,7 +276,7 @@ def check_masked_labels_ignored(cls, params):
 
 def check_rejects_bad_input(cls, params):
     """NaN features, mismatched rows, non-binary labels and unsupported n_bits fail with InputError before work."""
-    d = check_data()
+    d = _data()
     img, txt, lab, labeled = _copy_inputs(d.train)
     nan_img = img.astype(np.float64)
     nan_img[3, 0] = np.nan
@@ -243,9 +302,7 @@ def check_beats_random_floor(cls, params):
     from benchmark.metrics import mean_average_precision
     from methods.random_projection import RandomProjection
 
-    d = check_data()
-
-    def maps(h):
+    def maps(h, d):
         out = []
         for q_side, db_side in ((0, 1), (1, 0)):  # image->text, text->image
             q = h.query_image(d.query[0]) if q_side == 0 else h.query_text(d.query[1])
@@ -254,12 +311,60 @@ def check_beats_random_floor(cls, params):
             out.append(mean_average_precision(q, db, d.query[2], d.database[2], distance=dist).value)
         return np.array(out)
 
-    floor = maps(_fit(RandomProjection, {}))
-    got = maps(_fit(cls, params))
+    # The floor of random codes depends on the labels only; on the pixel data (same items and labels)
+    # it is taken from the feature data, since random projections need feature vectors.
+    token = _PIXELS.set(False)
+    try:
+        floor = maps(_fit(RandomProjection, {}), check_data())
+    finally:
+        _PIXELS.reset(token)
+    got = maps(_fit(cls, params), _data())
     margin = 0.1
     assert (got >= floor + margin).all(), (
         f"MAP I->T/T->I {got.round(3).tolist()} does not beat the random floor {floor.round(3).tolist()} by {margin}"
     )
+
+
+def check_pixels_rejected_or_backbone_checked(cls, params):
+    """Without ``accepts_pixels``: fitting on raw images fails with a one-line InputError. With it:
+    the image backbone must fit the input (a feature backbone on pixels, a pixel backbone on
+    features, and pixels given to a hasher fitted on features all fail in one line)."""
+    feats, pix = check_data(), check_pixel_data()
+    img, txt, lab, labeled = _copy_inputs(pix.train)
+    names = set(cls._get_param_names())
+    cases = {}
+    if not cls.accepts_pixels:
+        cases["fit on raw pixels"] = lambda: _build(cls, params).fit(img, txt, lab, labeled)
+    else:
+        cases["encode pixels after a fit on features"] = lambda: _fit(cls, params).encode_image(pix.query[0])
+        if "image_backbone" in names:
+            cases["image_backbone='mlp' on pixels"] = lambda: _build(cls, params, image_backbone="mlp").fit(
+                img, txt, lab, labeled)
+            f_img, f_txt, f_lab, f_labeled = _copy_inputs(feats.train)
+            cases["image_backbone='cnnf' on features"] = lambda: _build(cls, params, image_backbone="cnnf").fit(
+                f_img, f_txt, f_lab, f_labeled)
+    for what, call in cases.items():
+        try:
+            call()
+        except InputError as exc:
+            assert "\n" not in str(exc), f"{what}: error message is not one line"
+            continue
+        raise AssertionError(f"{what} did not raise InputError")
+
+
+def _on_pixels(check: Callable, name: str) -> Callable:
+    def run(cls, params):
+        if not cls.accepts_pixels:
+            return  # nothing to run on pixels; pixels_rejected_or_backbone_checked covers the refusal
+        token = _PIXELS.set(True)
+        try:
+            check(cls, params)
+        finally:
+            _PIXELS.reset(token)
+
+    run.__name__ = f"check_pixels_{name}"
+    run.__doc__ = f"On raw uint8 images (check_pixel_data): {check.__doc__}"
+    return run
 
 
 CHECKS: dict[str, Callable] = {
@@ -274,11 +379,20 @@ CHECKS: dict[str, Callable] = {
     "masked_labels_ignored": check_masked_labels_ignored,
     "rejects_bad_input": check_rejects_bad_input,
     "beats_random_floor": check_beats_random_floor,
+    "pixels_rejected_or_backbone_checked": check_pixels_rejected_or_backbone_checked,
 }
+for _name in ("codes_format", "same_seed_same_codes", "inputs_not_mutated", "batch_equals_single",
+              "masked_labels_ignored", "beats_random_floor"):
+    CHECKS[f"pixels_{_name}"] = _on_pixels(CHECKS[_name], _name)
 
 
 def check_names() -> list[str]:
     return list(CHECKS)
+
+
+def applies(cls, name: str) -> bool:
+    """Whether check ``name`` applies to ``cls``: the pixel variants need ``accepts_pixels``."""
+    return cls.accepts_pixels or not (name.startswith("pixels_") and name != "pixels_rejected_or_backbone_checked")
 
 
 def check_hasher(method, checks: list[str] | None = None, verbose: bool = False, echo=print) -> dict[str, str]:
@@ -293,6 +407,11 @@ def check_hasher(method, checks: list[str] | None = None, verbose: bool = False,
         raise InputError(f"unknown check(s) {', '.join(unknown)}; valid: {', '.join(CHECKS)}")
     results, failures = {}, []
     for name in names:
+        if not applies(cls, name):
+            results[name] = "not applicable (accepts_pixels is False)"
+            if verbose:
+                echo(f"{cls.__name__}: {name}: {results[name]}")
+            continue
         known = cls.known_check_failures.get(name)
         try:
             CHECKS[name](cls, copy.deepcopy(params))

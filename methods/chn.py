@@ -17,7 +17,7 @@ import torch
 
 from benchmark.errors import InputError
 from methods.base import Hasher, binarize
-from methods.dcmh import check_number, encode_with, pair_similarity
+from methods.dcmh import _PIXEL_INIT, check_number, encode_with, pair_similarity
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
                           is_pixels_input, make_image_net, optimizer, pixel_normalisation, pixel_transform,
                           resolve_device, resolve_image_backbone, seeded)
@@ -135,6 +135,8 @@ class CHN(Hasher):
 
     needs_labels = True
     accepts_pixels = True
+    pixel_check_params = {"image_size": 40, "epochs": 2}  # CNN-F at its smallest input (methods.checks)
+    known_check_failures = {name: _PIXEL_INIT for name in ("pixels_codes_format", "pixels_beats_random_floor")}
     check_params = {"epochs": 30, "image_hidden": 64, "text_hidden": 64, "batch_size": 64, "lr": 0.1}
 
     def __init__(self, n_bits: int = 32, margin_cos: float = 0.5, margin_bit: float = 0.5,

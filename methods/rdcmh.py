@@ -27,6 +27,7 @@ from torch import nn
 from benchmark.errors import InputError
 from methods._triplets import SemiSupervisedSimilarity, sample_triplets
 from methods.base import Hasher, binarize
+from methods.dcmh import _PIXEL_INIT
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
                           forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
                           pixel_transform, resolve_device, resolve_image_backbone, seeded)
@@ -286,6 +287,9 @@ class RDCMH(Hasher):
     accepts_pixels: ClassVar[bool] = True
     check_params: ClassVar[dict[str, Any]] = {"n_iter": 200, "image_hidden": 64, "text_hidden": 64,
                                                "batch_size": 64, "lr": 3e-3}
+    # Pixel checks (methods.checks): CNN-F at its smallest input; few steps, since each costs ~100x the MLP's.
+    pixel_check_params: ClassVar[dict[str, Any]] = {"image_size": 40, "n_iter": 10, "batch_size": 8}
+    known_check_failures: ClassVar[dict[str, str]] = {name: _PIXEL_INIT for name in ("pixels_beats_random_floor",)}
     # How the defaults were chosen (runners record this with results). Wiki, 16 bits, no mask, seed 0:
     # 1738 training items train and form the database, the other 435 training items are the
     # validation queries (split seed 0); the test queries were never used. MAP@all, tie-aware.
