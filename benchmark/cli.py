@@ -141,7 +141,6 @@ def _check_run_args(args, filters: dict) -> None:
 def _cmd_run(args) -> int:
     from benchmark.evaluate import EvalConfig
     from benchmark.records import RecordStore, load_records
-    from benchmark.reports import print_tables, write_reports
     from benchmark.runner import RunSettings, available_cores, resolve_run_device, run_specs
     from benchmark.suites import expand_suite, filter_specs
 
@@ -188,10 +187,13 @@ def _cmd_run(args) -> int:
     )
     summary = run_specs(specs, settings, jobs=args.jobs, force=args.force, retry_failed=args.retry_failed,
                         progress=args.progress, label=f"suite {name}")
-    frame = load_records(args.results_dir, run_ids=[s.run_id for s in specs])
     if not args.quiet:
-        print_tables(frame)
+        from benchmark.reports import print_tables
+
+        print_tables(load_records(args.results_dir, run_ids=[s.run_id for s in specs]))
     if not args.no_report:
+        from benchmark.reports import write_reports
+
         # Records of other suites in the same directory: a corrupt one is reported, not fatal here
         # (`report` still refuses it, so that a report never silently drops a result).
         everything = load_records(args.results_dir, on_corrupt=lambda line: print(line, file=sys.stderr))

@@ -181,10 +181,10 @@ class Protocol:
     @classmethod
     def load(cls, path: Path | str) -> "Protocol":
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
                 return cls(header["name"], header["seed"], z["query"], z["database"], z["train"])
-        except (OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file raises EOFError, BadZipFile, TypeError, ...
             raise DataFileError(f"protocol file {path}: cannot be read ({exc}); expected an npz written by Protocol.save") from None
 
 

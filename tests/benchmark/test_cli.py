@@ -35,6 +35,9 @@ PLUGINS = textwrap.dedent('''
     class BadCodes(RandomProjection):
         def encode_image(self, image):
             return super().encode_image(image).astype(np.float64)
+
+    class Good(RandomProjection):
+        pass
 ''')
 
 
@@ -55,10 +58,13 @@ def env_with(*paths) -> dict:
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
     (tmp_path / "plugins_cli.py").write_text(PLUGINS)
+    (tmp_path / "plugins_broken.py").write_text("from methods import Hasher\n1 / 0\n")
+    sys.modules.pop("plugins_broken", None)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("plugins_cli", None)
     yield
     sys.modules.pop("plugins_cli", None)
+    sys.modules.pop("plugins_broken", None)
 
 
 # ---------------------------------------------------------------------------------------- help, list
@@ -275,6 +281,138 @@ def test_kill_9_at_random_points_then_rerun_loses_corrupts_and_duplicates_nothin
         ca, cb = a.read_codes(rid), b.read_codes(rid)
         assert all(np.array_equal(ca[k], cb[k]) for k in cb), rid
         assert json.dumps(a.read(rid)["metrics"], sort_keys=True) == json.dumps(b.read(rid)["metrics"], sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------- checked before any work
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("dataset, option, valid", [
+    ("mirflickr25k", "image_featurs: x.npy", "image_features, image_key"),
+    ("synthetic", "n_itmes: 100", "n_items, n_labels"),
+    ("wiki", "seed: 1", "valid: none"),
+])
+def test_dataset_option_typos_are_exit_2_before_any_work(tmp_path, capsys, dataset, option, valid):
+    suite = tmp_path / "typo.yaml"
+    suite.write_text(f"datasets: [{{name: {dataset}, options: {{{option}}}}}]\nmethods: [random]\nbits: [8]\n"
+                     "mask_rates: [0.0]\nseeds: [0]\n")
+    assert main(["run", "--suite", str(suite), "--data-root", str(tmp_path), "--results-dir", str(tmp_path / "r"),
+                 *FAST]) == 2
+    line = one_error_line(capsys)
+    assert f"{dataset}: unknown option(s) {option.split(':')[0]}" in line and valid in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--timeout", "inf"], "--timeout inf is invalid"),
+    (["--timeout", "nan"], "--timeout nan is invalid"),
+    (["--timeout", "0"], "--timeout 0.0 is invalid"),
+    (["--timeout", "1e300"], "--timeout 1e+300 is invalid"),
+    (["--bits", ","], "--bits ',' is invalid (an empty item)"),
+    (["--bits", "8,,16"], "--bits '8,,16' is invalid (an empty item)"),
+    (["--bits", "0"], "--bits 0 is invalid; valid: positive integers"),
+    (["--seeds", "-1"], "--seeds -1 is invalid"),
+    (["--mask-rates", "1.5"], "--mask-rates 1.5 is invalid"),
+    (["--methods", ""], "--methods '' is invalid (an empty item)"),
+    (["--results-dir", ""], "--results-dir '' is invalid"),
+    (["--results-dir", "FILE/results"], "is under"),
+    (["--results-dir", "FILE"], "is a file"),
+    (["--reports-dir", "FILE/reports"], "--reports-dir"),
+    (["--data-root", "absent"], "--data-root 'absent' is not a directory"),
+    (["--data-root", ""], "--data-root '' is invalid"),
+])
+def test_arguments_that_cannot_work_are_exit_2_before_any_work(tmp_path, capsys, monkeypatch, extra, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a regular file")
+    suite = write_suite(tmp_path, methods="[random]", bits="[8]", masks="[0.0]")
+    argv = ["run", "--suite", str(suite), *FAST]
+    if "--results-dir" not in extra:
+        argv += ["--results-dir", str(tmp_path / "r")]
+    assert main([*argv, *extra]) == 2
+    line = one_error_line(capsys)
+    assert fragment in line, line
+    assert not (tmp_path / "r").exists() and not (tmp_path / "records").exists()
+
+
+def test_report_dir_under_a_file_is_exit_2(tmp_path, capsys):
+    (tmp_path / "FILE").write_text("x")
+    assert main(["report", "--results-dir", str(tmp_path), "--reports-dir", str(tmp_path / "FILE" / "rep")]) == 2
+    assert "--reports-dir" in one_error_line(capsys)
+    assert main(["report", "--results-dir", ""]) == 2
+    assert "--results-dir '' is invalid" in one_error_line(capsys)
+
+
+def test_a_plugin_named_by_methods_joins_any_suites_grid(tmp_path, plugins, capsys):
+    res = tmp_path / "r"
+    assert main(["run", "--suite", "quick", "--methods", "random,plugins_cli:Good", "--bits", "16", "--mask-rates", "0",
+                 "--seeds", "0", "--results-dir", str(res), "--no-report", "--quiet", *FAST]) == 0
+    assert "2 run(s) ok" in capsys.readouterr().err
+    methods = sorted(json.loads(p.read_text())["spec"]["method"] for p in (res / "records").glob("*.json"))
+    assert methods == ["plugins_cli:Good", "random"]
+
+
+def test_a_plugin_whose_import_raises_is_one_line_exit_2(tmp_path, plugins, capsys):
+    expected = "error: method 'plugins_broken:X' cannot be imported: ZeroDivisionError: division by zero"
+    assert main(["check", "plugins_broken:X"]) == 2
+    assert one_error_line(capsys) == expected
+    assert main(["run", "--suite", "quick", "--methods", "plugins_broken:X", "--results-dir", str(tmp_path / "r"),
+                 *FAST]) == 2
+    assert one_error_line(capsys).endswith("cannot be imported: ZeroDivisionError: division by zero")
+
+
+def test_an_installed_broken_plugin_and_a_name_clash_in_a_real_process(tmp_path):
+    """A package registering a plug-in that raises on import, and one reusing a built-in name."""
+    site = tmp_path / "site"
+    dist = site / "brokenplug-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[cmh_bench.methods]\nbroken = brokenmod:Hasher\nscm-orth = brokenmod:Other\n")
+    (site / "brokenmod.py").write_text("raise RuntimeError('broken on purpose')\n")
+    env = env_with(site)
+    proc = subprocess.run([sys.executable, "-m", "benchmark", "list"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert lines["random"].rstrip().endswith("available") and lines["cdq"].split()[2] in ("available", "unavailable:")
+    assert "unavailable: method 'broken' (brokenmod:Hasher) cannot be imported: RuntimeError: broken on purpose" \
+        in lines["broken"]
+    assert "is both the built-in methods.scm:SCMOrth and the entry point brokenmod:Other" in lines["scm-orth"]
+    run = subprocess.run([sys.executable, "-m", "benchmark", "run", "--suite", "quick", "--methods", "scm-orth",
+                          "--results-dir", str(tmp_path / "r"), *FAST], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+    assert "methods.scm:SCMOrth" in run.stderr and "brokenmod:Other" in run.stderr
+
+
+def test_records_codes_and_reports_get_the_users_umask(tmp_path, capsys):
+    suite = write_suite(tmp_path, methods="[random]", bits="[8]", masks="[0.0]")
+    res, rep = tmp_path / "r", tmp_path / "rep"
+    old = os.umask(0o027)
+    try:
+        assert main(["run", "--suite", str(suite), "--results-dir", str(res), "--reports-dir", str(rep), "--no-plots",
+                     "--threads", "1", "--device", "cpu", "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for sub in ("records", "codes", "protocols", "logs") for p in (res / sub).iterdir()]
+    files += list(rep.iterdir())
+    assert len(files) >= 6
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+
+
+def test_an_unrelated_corrupt_record_does_not_fail_run_but_fails_report(tmp_path, capsys):
+    suite = write_suite(tmp_path, methods="[random]", bits="[8]", masks="[0.0]")
+    res, rep = tmp_path / "r", tmp_path / "rep"
+    (res / "records").mkdir(parents=True)
+    (res / "records" / "0000000000000000.json").write_text('{"run_id": "0000')
+    assert main(["run", "--suite", str(suite), "--results-dir", str(res), "--reports-dir", str(rep), "--no-plots",
+                 *FAST[:4], "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped record" in err and "0000000000000000.json: cannot be parsed" in err
+    assert main(["report", "--results-dir", str(res), "--reports-dir", str(rep), "--no-plots"]) == 2
+    assert "0000000000000000.json: cannot be parsed" in one_error_line(capsys)
 
 
 # ---------------------------------------------------------------------------------------- prepare

@@ -215,3 +215,23 @@ def test_filters_narrow_and_reject_values_outside_the_suite(tmp_path):
         filter_specs(specs, bits=[64])
     with pytest.raises(InputError, match="--methods cdq matches no run"):
         filter_specs(specs, methods=["cdq"])
+
+
+def test_dataset_options_are_checked_against_the_declared_ones_before_any_work(tmp_path):
+    from datasets._io import declared_options
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("datasets: [{name: synthetic, options: {n_itmes: 10}}]\nmethods: [random]\nbits: [8]\n"
+                     "mask_rates: [0.0]\nseeds: [0]\n")
+    with pytest.raises(InputError, match=r"synthetic: unknown option\(s\) n_itmes; valid: .*n_items"):
+        expand_suite(suite)
+    assert "image_features" not in declared_options("synthetic")  # no pixels: feature options do not apply
+    assert {"image_features", "gist_size"} <= set(declared_options("mirflickr25k-mini"))
+
+
+def test_extra_methods_join_every_grid_once(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("datasets: [{name: synthetic, options: {n_items: 100}}]\nbits: [8]\nmask_rates: [0.0]\n"
+                     "seeds: [0]\nexperiments:\n  - {name: a, methods: [random]}\n  - {name: b, methods: [scm-orth]}\n")
+    exp = expand_suite(suite, extra_methods=["random", "scm-seq"])
+    assert sorted(s.method for s in exp.specs) == ["random", "scm-orth", "scm-seq"]
