@@ -78,3 +78,32 @@ def test_fused_and_default_sgd_take_the_same_step():
             net(x).square().sum().backward()
             opt.step()
     torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_resolve_image_backbone_auto_and_mismatches():
+    from methods.nets import resolve_image_backbone
+
+    feats, pixels = np.zeros((4, 6)), np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    assert resolve_image_backbone("X", "auto", feats) == "mlp"
+    assert resolve_image_backbone("X", "auto", pixels) == "cnnf"
+    with pytest.raises(InputError, match="image_backbone='mlp' takes feature vectors"):
+        resolve_image_backbone("X", "mlp", pixels)
+    with pytest.raises(InputError, match="image_backbone='cnnf' takes raw uint8 images"):
+        resolve_image_backbone("X", "cnnf", feats)
+
+
+def test_pixel_image_net_is_the_backbone_then_the_hash_layer():
+    from methods.nets import TrainImages, make_image_net, pixel_transform
+
+    torch.manual_seed(0)
+    net = make_image_net("cnnf", None, 12, hidden=99, dropout=0.5, image_size=40)
+    assert net.fc7 is None and net.fc8.in_features == net.backbone.out_features == 4096  # image_hidden unused
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    rows = TrainImages(pixels=images, transform=pixel_transform(40, np.full(3, 128.0), np.full(3, 60.0)),
+                       device=torch.device("cpu"), rows=np.array([4, 2, 0]))
+    assert len(rows) == 3 and rows[np.array([0, 1])].shape == (2, 3, 40, 40)
+    # Training row 0 is image 4: a full pass equals the network on that image alone.
+    full = rows.forward(net)
+    net.eval()
+    one = net(pixel_transform(40, np.full(3, 128.0), np.full(3, 60.0))(images[4:5]))
+    torch.testing.assert_close(full[0:1], one, rtol=1e-5, atol=1e-6)
