@@ -169,6 +169,20 @@ class CNNF(nn.Module):
         self.out_features = w7
         self.pixel_mean: np.ndarray | None = None
         self.pixel_std: np.ndarray | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialisation for training from scratch: He et al. (ICCV 2015) normal weights, std
+        sqrt(2 / fan_in) (MatConvNet's ``xavierimproved``, its init for training ImageNet models), zero biases.
+
+        torch's per-layer defaults (weights ~ U(+-1/sqrt(fan_in)) via kaiming_uniform with a = sqrt(5), and
+        biases of the same range) shrink the signal by ~sqrt(3) per layer; after seven layers and two LRNs
+        fc7's spread across images (~1e-4) is far below its biases (~0.01), so every image gets the same
+        code until training undoes it. A weights file replaces all of this.
+        """
+        for layer in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5, self.fc6, self.fc7):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
 
     def features(self, x):
         """conv1 .. pool5: ``(b, 3, S, S)`` -> ``(b, 256, m, m)``."""

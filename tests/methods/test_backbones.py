@@ -659,3 +659,27 @@ def test_cnnf_on_cuda_matches_cpu(real_width_files, images):
         cpu = net(x)
         gpu = net.cuda()(x.cuda()).cpu()
     assert rel_err(gpu.numpy(), cpu.numpy().astype(np.float64)) < 1e-3
+
+
+def test_cnnf_from_scratch_is_he_initialised_so_fc7_varies_across_images():
+    """With torch's per-layer default init, fc7 of an untrained CNN-F is nearly the same for every image
+    (its spread ~1e-4 sits under biases of ~1e-2), so every image gets one code; He init with zero biases
+    keeps the images apart."""
+    torch.manual_seed(0)
+    net = CNNF(64).eval()
+    for layer in (net.conv1, net.conv2, net.conv3, net.conv4, net.conv5, net.fc6, net.fc7):
+        assert not layer.bias.detach().any()
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.detach().std().item() == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.05)
+    x = torch.randn(32, 3, 64, 64)
+
+    def spread():
+        with torch.no_grad():
+            f = net(x)
+        return f.std(dim=0).mean().item() / f.mean().item()
+
+    he = spread()
+    for layer in (net.conv1, net.conv2, net.conv3, net.conv4, net.conv5, net.fc6, net.fc7):
+        layer.reset_parameters()  # torch's default
+    default = spread()
+    assert he > 0.1 and he > 3 * default, (he, default)
