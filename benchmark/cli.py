@@ -55,8 +55,10 @@ EXAMPLES = {
         examples:
           {PROG} check random
           {PROG} check mypackage.hashers:MyHasher
-        Runs the common checks (code dtype/shape/values, determinism, pickling, batch = one-by-one
+        Runs the common checks (code dtype/shape/values, determinism in one process and across two
+        fresh processes, inputs never written (they are read-only), pickling, batch = one-by-one
         encoding, masked labels never read, beating the random floor) with the method's check_params.
+        Each failure is one line: the check, what failed, and the fix.
         """,
     "prepare": f"""
         examples:

@@ -12,6 +12,11 @@ A method declares checks it is known to fail in ``known_check_failures = {check:
 are reported as expected failures, never silently skipped. ``check_params`` on the class makes the
 checks fast (fewer epochs, smaller layers); the checks never change anything else.
 
+A method cannot pass by accident: each check gets its own fresh copies of the data, every array
+handed to ``fit`` and ``encode_*`` is read-only (an in-place write raises, and the finding says
+so), and determinism is checked both within this process and across two fresh processes with
+different ``hash()`` salts. Each finding is one line: the check, what failed, and the fix.
+
 The ``pixels_*`` checks repeat the main checks with the image side as raw uint8 images
 (:func:`check_pixel_data`: 32 x 32 pictures whose coloured blocks depend on the labels). A method
 with ``accepts_pixels`` runs them with ``check_params`` updated by its ``pixel_check_params`` (e.g.
@@ -22,7 +27,13 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import importlib.util
+import os
 import pickle
+import subprocess
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -33,7 +44,8 @@ import scipy.sparse as sp
 from benchmark.errors import InputError
 from methods.base import Hasher, NotFittedError
 
-__all__ = ["CHECKS", "applies", "check_hasher", "check_names", "resolve_hasher", "CheckData", "check_data", "check_pixel_data"]
+__all__ = ["CHECKS", "FIXES", "applies", "check_hasher", "check_names", "finding", "resolve_hasher", "CheckData",
+           "check_data", "check_pixel_data"]
 
 N_BITS = 16
 PIXEL_SIDE = 32  # stored image side; methods resize to their backbone's input size
@@ -64,7 +76,7 @@ def check_data() -> CheckData:
     garbage = (rng.random((int((~masked.labeled).sum()), lab.shape[1])) < 0.5).astype(np.uint8)
     scrambled[~masked.labeled] = garbage
     train = (img, txt, np.array(masked.labels), np.array(masked.labeled))
-    return CheckData(train, scrambled, ds.subset(p.query), ds.subset(p.database))
+    return _fresh(CheckData(train, scrambled, ds.subset(p.query), ds.subset(p.database)))  # cached: read-only
 
 
 def _label_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -105,19 +117,39 @@ def check_pixel_data() -> CheckData:
     assert np.array_equal(masked.labels, base.train[2])  # same items and mask as the feature data
     query = (_label_images(np.asarray(base.query[2]), rng), *base.query[1:])
     database = (_label_images(np.asarray(base.database[2]), rng), *base.database[1:])
-    return CheckData(train, base.train_scrambled_labels, query, database)
+    return _fresh(CheckData(train, base.train_scrambled_labels, query, database))
 
 
 # The data the running check uses: the feature data, or the pixel data inside a pixels_* check.
 _PIXELS = contextvars.ContextVar("check_pixels", default=False)
 
 
+def _readonly(x):
+    """A fresh copy of an array (dense or sparse) on which any in-place write raises ValueError."""
+    if sp.issparse(x):
+        y = x.copy()
+        for name in ("data", "indices", "indptr", "row", "col"):
+            part = getattr(y, name, None)
+            if isinstance(part, np.ndarray):
+                part.setflags(write=False)
+        return y
+    y = np.array(x, copy=True)
+    y.setflags(write=False)
+    return y
+
+
+def _fresh(d: CheckData) -> CheckData:
+    """Read-only copies of everything: no check can see what a method did to another check's arrays."""
+    return CheckData(tuple(map(_readonly, d.train)), _readonly(d.train_scrambled_labels),
+                     tuple(map(_readonly, d.query)), tuple(map(_readonly, d.database)))
+
+
 def _data() -> CheckData:
-    return check_pixel_data() if _PIXELS.get() else check_data()
+    return _fresh(check_pixel_data() if _PIXELS.get() else check_data())
 
 
 def _copy_inputs(train):
-    return tuple(x.copy() for x in train)
+    return tuple(_readonly(x) for x in train)
 
 
 def resolve_hasher(method) -> tuple[type[Hasher], dict[str, Any]]:
@@ -151,7 +183,7 @@ def _build(cls: type[Hasher], params: dict, **overrides) -> Hasher:
 def _fit(cls, params, labels=None, **overrides) -> Hasher:
     d = _data()
     img, txt, lab, labeled = _copy_inputs(d.train)
-    return _build(cls, params, **overrides).fit(img, txt, lab if labels is None else labels.copy(), labeled)
+    return _build(cls, params, **overrides).fit(img, txt, lab if labels is None else _readonly(labels), labeled)
 
 
 def _encode_both(h: Hasher, part) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +246,72 @@ def check_same_seed_same_codes(cls, params):
     _assert_same_codes(a, b, "same random_state")
 
 
+# Run in a fresh interpreter by check_same_codes_across_processes: fit on the check data, write the
+# database codes. argv: payload (cloudpickle of (class, params)), output .npz.
+_CHILD = """
+import pickle, sys
+import numpy as np
+from methods import checks
+with open(sys.argv[1], "rb") as fh:
+    cls, params = pickle.load(fh)
+h = checks._fit(cls, params)
+image, text = checks._encode_both(h, checks._data().database)
+np.savez(sys.argv[2], image=np.asarray(image), text=np.asarray(text))
+"""
+
+
+def _importable(module_name: str) -> bool:
+    if module_name in ("__main__", "__mp_main__") or module_name not in sys.modules:
+        return False
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(sys.modules[module_name], "__file__", None)
+    return spec is not None and (origin is None or spec.origin == origin)
+
+
+def check_same_codes_across_processes(cls, params):
+    """Two fresh processes, each with its own hash() salt and pid, give identical codes for the same
+    random_state (a method seeded from hash(), os.getpid(), time or id() passes in one process only)."""
+    try:
+        import cloudpickle  # a dependency of joblib >= 1.5
+    except ImportError:  # older joblib vendors it
+        from joblib.externals import cloudpickle
+
+    module = sys.modules.get(cls.__module__)
+    by_value = module is not None and not _importable(cls.__module__)
+    if by_value:  # a class the child cannot import (a test module, a notebook): ship its code
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        payload = cloudpickle.dumps((cls, params))
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the parent's imports resolve the same
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = "1"  # the two children run side by side
+    with tempfile.TemporaryDirectory(prefix="cmh-check-") as tmp:
+        src = os.path.join(tmp, "payload.pkl")
+        with open(src, "wb") as fh:
+            fh.write(payload)
+        procs = []
+        for salt in ("1", "2"):
+            out = os.path.join(tmp, f"codes{salt}.npz")
+            procs.append((out, subprocess.Popen([sys.executable, "-c", _CHILD, src, out], env={**env, "PYTHONHASHSEED": salt},
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        codes = []
+        for out, proc in procs:
+            _, err = proc.communicate(timeout=1800)
+            if proc.returncode != 0:
+                last = (err.strip().splitlines() or ["(no output)"])[-1]
+                raise AssertionError(f"fitting in a fresh process failed: {last}")
+            with np.load(out, allow_pickle=False) as z:
+                codes.append((z["image"], z["text"]))
+    _assert_same_codes(codes[0], codes[1], "two processes, same random_state")
+
+
 def check_fit_twice(cls, params):
     """Refitting the same object gives the same codes as the first fit (no state leaks between fits)."""
     d = _data()
@@ -242,7 +340,7 @@ def check_inputs_not_mutated(cls, params):
     h = _build(cls, params).fit(*inputs)
     for name, x, y in zip(("image", "text", "labels", "labeled"), inputs, before):
         assert _equal(x, y), f"fit mutated its {name} input"
-    q_img, q_txt = d.query[0].copy(), _snapshot(d.query[1])
+    q_img, q_txt = _readonly(d.query[0]), _readonly(d.query[1])
     h.encode_image(q_img), h.encode_text(q_txt), h.query_image(q_img), h.query_text(q_txt)
     assert _equal(q_img, d.query[0]) and _equal(q_txt, d.query[1]), "encoding mutated its input"
 
@@ -280,6 +378,7 @@ def check_rejects_bad_input(cls, params):
     img, txt, lab, labeled = _copy_inputs(d.train)
     nan_img = img.astype(np.float64)
     nan_img[3, 0] = np.nan
+    nan_img = _readonly(nan_img)
     lo, hi = cls.bits_range
     cases = {
         "NaN image features": lambda: _build(cls, params).fit(nan_img, txt, lab, labeled),
@@ -315,7 +414,7 @@ def check_beats_random_floor(cls, params):
     # it is taken from the feature data, since random projections need feature vectors.
     token = _PIXELS.set(False)
     try:
-        floor = maps(_fit(RandomProjection, {}), check_data())
+        floor = maps(_fit(RandomProjection, {}), _fresh(check_data()))
     finally:
         _PIXELS.reset(token)
     got = maps(_fit(cls, params), _data())
@@ -329,7 +428,7 @@ def check_pixels_rejected_or_backbone_checked(cls, params):
     """Without ``accepts_pixels``: fitting on raw images fails with a one-line InputError. With it:
     the image backbone must fit the input (a feature backbone on pixels, a pixel backbone on
     features, and pixels given to a hasher fitted on features all fail in one line)."""
-    feats, pix = check_data(), check_pixel_data()
+    feats, pix = _fresh(check_data()), _fresh(check_pixel_data())
     img, txt, lab, labeled = _copy_inputs(pix.train)
     names = set(cls._get_param_names())
     cases = {}
@@ -372,6 +471,7 @@ CHECKS: dict[str, Callable] = {
     "encode_before_fit_raises": check_encode_before_fit_raises,
     "codes_format": check_codes_format,
     "same_seed_same_codes": check_same_seed_same_codes,
+    "same_codes_across_processes": check_same_codes_across_processes,
     "fit_twice": check_fit_twice,
     "inputs_not_mutated": check_inputs_not_mutated,
     "pickle_roundtrip": check_pickle_roundtrip,
@@ -384,6 +484,39 @@ CHECKS: dict[str, Callable] = {
 for _name in ("codes_format", "same_seed_same_codes", "inputs_not_mutated", "batch_equals_single",
               "masked_labels_ignored", "beats_random_floor"):
     CHECKS[f"pixels_{_name}"] = _on_pixels(CHECKS[_name], _name)
+
+
+# What to change when a check fails: each finding is "check: what failed; fix: ...".
+FIXES: dict[str, str] = {
+    "init_only_stores": "__init__ must only store its arguments, unchanged, under the same names",
+    "encode_before_fit_raises": "call self._check_fitted(...) at the start of encode_image/encode_text",
+    "codes_format": "return int8 codes in {-1, +1} of shape (n_items, n_bits), e.g. through methods.binarize",
+    "same_seed_same_codes": "draw every random number from np.random.default_rng(self.random_state) (or a "
+                            "torch.Generator seeded from it), never from global random state",
+    "same_codes_across_processes": "seed only from random_state: never from hash(), os.getpid(), time or id(), "
+                                   "and iterate over sets/dicts of strings in sorted order",
+    "fit_twice": "reset every learned attribute at the start of fit",
+    "inputs_not_mutated": "copy an input before changing it (x = np.array(x, dtype=np.float32))",
+    "pickle_roundtrip": "keep only picklable attributes (no lambdas, open files or live generators)",
+    "batch_equals_single": "encode each row on its own: no statistics of the batch at encode time",
+    "masked_labels_ignored": "read labels only in rows where labeled is True (or use _validate_fit's output)",
+    "rejects_bad_input": "call self._validate_fit / self._validate_encode first; they raise InputError",
+    "beats_random_floor": "check the objective and its defaults, or declare the failure in known_check_failures "
+                          "with the reason",
+    "pixels_rejected_or_backbone_checked": "validate the image side with self._validate_fit / _validate_encode "
+                                           "before any work",
+}
+READ_ONLY_FIX = "the inputs are read-only here: copy an input before changing it (x = np.array(x, dtype=np.float32))"
+
+
+def finding(name: str, exc: BaseException) -> str:
+    """One line: the check, what failed, and the fix."""
+    msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        return f"{name}: the method wrote into an input array in place ({msg}); fix: {READ_ONLY_FIX}"
+    base = name[len("pixels_"):] if name.startswith("pixels_") and name not in FIXES else name
+    fix = FIXES.get(base)
+    return f"{name}: {msg}" + (f"; fix: {fix}" if fix else "")
 
 
 def check_names() -> list[str]:
@@ -416,12 +549,12 @@ def check_hasher(method, checks: list[str] | None = None, verbose: bool = False,
         try:
             CHECKS[name](cls, copy.deepcopy(params))
         except Exception as exc:  # a check reports any exception as a failure of that check
-            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if known:
                 results[name] = f"xfail: {known}"
             else:
-                results[name] = f"FAILED: {msg}"
-                failures.append(f"{name} ({msg})")
+                line = finding(name, exc)
+                results[name] = f"FAILED: {line}"
+                failures.append(line)
         else:
             results[name] = "passed" if not known else "XPASS (declared as known failure)"
             if known:
@@ -429,5 +562,5 @@ def check_hasher(method, checks: list[str] | None = None, verbose: bool = False,
         if verbose:
             echo(f"{cls.__name__}: {name}: {results[name]}")
     if failures:
-        raise AssertionError(f"{cls.__name__} failed {len(failures)} check(s): " + "; ".join(failures))
+        raise AssertionError(f"{cls.__name__} failed {len(failures)} check(s): " + " | ".join(failures))
     return results

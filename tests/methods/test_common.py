@@ -1,4 +1,5 @@
 """Every common check on every registered method: one pytest id per (method, check)."""
+import numpy as np
 import pytest
 
 from methods import REGISTRY, get_method
@@ -76,3 +77,70 @@ def test_check_hasher_reports_a_broken_plugin():
 def test_resolve_hasher_accepts_plugin_string():
     cls, params = resolve_hasher("methods.random_projection:RandomProjection")
     assert cls.__name__ == "RandomProjection" and params == {}
+
+
+# ---------------------------------------------------------------------------------------- the checks cannot be fooled
+def _random_projection_variant(name, **methods_):
+    from methods.random_projection import RandomProjection
+
+    return type(name, (RandomProjection,), methods_)
+
+
+def test_a_method_writing_into_its_encode_input_fails_and_the_finding_names_check_and_fix():
+    """The shared check data used to be writable: rounding the input in place passed every check."""
+    import numpy as np
+
+    from methods.random_projection import RandomProjection
+
+    def encode_image(self, image):
+        np.round(image, 1, out=image)  # in place, on the caller's array
+        return RandomProjection.encode_image(self, image)
+
+    rounds = _random_projection_variant("RoundsInPlace", encode_image=encode_image)
+    with pytest.raises(AssertionError) as info:
+        check_hasher(rounds, checks=["codes_format", "inputs_not_mutated"])
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "codes_format: the method wrote into an input array in place (ValueError: output array is read-only)" in msg
+    assert "inputs_not_mutated: the method wrote into an input array in place" in msg
+    assert "fix: the inputs are read-only here: copy an input before changing it" in msg
+
+
+def test_a_method_seeded_from_hash_fails_only_the_check_across_processes():
+    """hash() of a str differs per process: one process sees the same codes twice, two do not."""
+    from methods.random_projection import RandomProjection
+
+    def fit(self, image, text, labels, labeled=None):
+        seed, self.random_state = self.random_state, hash("cmh-bench") % 2**32
+        try:
+            return RandomProjection.fit(self, image, text, labels, labeled)
+        finally:
+            self.random_state = seed
+
+    hashed = _random_projection_variant("HashSeeded", fit=fit)
+    assert check_hasher(hashed, checks=["same_seed_same_codes", "fit_twice"]) == {
+        "same_seed_same_codes": "passed", "fit_twice": "passed"}
+    with pytest.raises(AssertionError) as info:
+        check_hasher(hashed, checks=["same_codes_across_processes"])
+    msg = str(info.value)
+    assert "same_codes_across_processes: AssertionError: two processes, same random_state: image codes differ" in msg
+    assert "fix: seed only from random_state: never from hash()" in msg and "\n" not in msg
+
+
+def test_every_check_gets_fresh_read_only_arrays():
+    from methods import checks
+
+    a, b = checks._data(), checks._data()
+    for part in ("train", "query", "database"):
+        for x, y in zip(getattr(a, part), getattr(b, part)):
+            arrays = [x.data, y.data] if hasattr(x, "indptr") else [x, y]
+            assert all(not arr.flags.writeable for arr in arrays), part
+            assert not np.shares_memory(arrays[0], arrays[1]), part
+    assert not checks.check_data().train[0].flags.writeable  # the cache itself cannot be changed either
+
+
+def test_every_check_has_a_fix():
+    from methods.checks import FIXES
+
+    missing = [name for name in CHECKS if name not in FIXES and name.removeprefix("pixels_") not in FIXES]
+    assert missing == []
