@@ -272,7 +272,7 @@ def _cmd_list(args) -> int:
             state = f"loader unavailable: {exc}"
         except InputError as exc:
             state = f"files absent: {exc}"
-        print(f"  {name:<12} {state}")
+        print(f"  {name:<18} {state}")
     print("suites:")
     for name in list_suites():
         try:
