@@ -38,8 +38,8 @@ from benchmark.errors import InputError
 from methods.base import Hasher
 from methods.dcmh import _PIXEL_INIT
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
-                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
-                          pixel_transform, resolve_device, resolve_image_backbone, seeded, to_tensor)
+                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_train_images,
+                          resolve_device, resolve_image_backbone, seeded, to_tensor)
 
 __all__ = ["CDQ", "pack_indices", "unpack_indices", "aqd_inner", "inter_codebook_products"]
 
@@ -379,10 +379,8 @@ class CDQ(Hasher):
                                   freeze=self.freeze_backbone).to(dev)
             self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
             if pixels:
-                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, inet.backbone)
-                self.image_size_ = int(inet.backbone.input_size)
-                img_all = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
-                                                                              self.pixel_std_), device=dev)
+                img_all, self.pixel_mean_, self.pixel_std_, self.image_size_ = pixel_train_images(
+                    image, inet.backbone, dev)
             tnet = TextNet(text.shape[1], self.dim, hidden=self.hidden, dropout=self.dropout).to(dev)
             gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2 ** 31)))
             opt = optimizer("sgd", [

@@ -19,7 +19,7 @@ from benchmark.errors import InputError
 from methods.base import Hasher, binarize
 from methods.dcmh import _PIXEL_INIT, check_number, encode_with, pair_similarity
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
-                          is_pixels_input, make_image_net, optimizer, pixel_normalisation, pixel_transform,
+                          is_pixels_input, make_image_net, optimizer, pixel_train_images,
                           resolve_device, resolve_image_backbone, seeded)
 
 __all__ = ["CHN", "chn_losses", "cosine_margin_loss", "bitwise_margin_loss"]
@@ -208,10 +208,8 @@ class CHN(Hasher):
             self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
             if pixels:
                 # Channel statistics of all training images (they need no labels), or the weights file's.
-                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, img_net.body.backbone)
-                self.image_size_ = int(img_net.body.backbone.input_size)
-                X = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
-                                                                        self.pixel_std_), device=dev, rows=keep)
+                X, self.pixel_mean_, self.pixel_std_, self.image_size_ = pixel_train_images(
+                    image, img_net.body.backbone, dev, rows=keep)
             txt_net = _Hashing(TextNet(Y.shape[1], c, hidden=int(self.text_hidden), dropout=float(self.dropout))).to(dev)
             params = [p for p in list(img_net.parameters()) + list(txt_net.parameters()) if p.requires_grad]
             opt = optimizer("sgd", params, dev, lr=float(self.lr), momentum=float(self.momentum),

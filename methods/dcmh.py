@@ -21,8 +21,8 @@ import torch
 from benchmark.errors import InputError
 from methods.base import Hasher, binarize
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
-                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_normalisation,
-                          pixel_transform, resolve_device, resolve_image_backbone, seeded)
+                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_train_images,
+                          resolve_device, resolve_image_backbone, seeded)
 
 __all__ = ["DCMH", "dcmh_objective", "dcmh_update_codes", "dcmh_batch_loss", "pair_similarity", "encode_with", "check_number"]
 
@@ -326,10 +326,8 @@ class DCMH(Hasher):
                                      image_size=self.image_size, freeze=self.freeze_backbone).to(dev)
             self.pixel_mean_ = self.pixel_std_ = self.image_size_ = None
             if pixels:
-                self.pixel_mean_, self.pixel_std_ = pixel_normalisation(image, img_net.backbone)
-                self.image_size_ = int(img_net.backbone.input_size)
-                X = TrainImages(pixels=image, transform=pixel_transform(self.image_size_, self.pixel_mean_,
-                                                                        self.pixel_std_), device=dev)
+                X, self.pixel_mean_, self.pixel_std_, self.image_size_ = pixel_train_images(
+                    image, img_net.backbone, dev)
             txt_net = TextNet(Y.shape[1], c, hidden=int(self.text_hidden), dropout=0.0).to(dev)
             # Buffers start as N(0, 1) draws, as in the authors' TensorFlow code. F = G = 0 is a saddle
             # of J (each pairwise gradient is proportional to the other side's outputs), and freshly

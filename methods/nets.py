@@ -35,7 +35,7 @@ from benchmark.errors import InputError
 __all__ = [
     "TextNet", "ImageNet", "Dropout", "Standardizer", "resolve_device", "seeded", "forward_in_batches",
     "register_backbone", "BACKBONES", "to_tensor", "optimizer", "is_pixels_input", "is_pixel_backbone",
-    "check_image_params", "resolve_image_backbone", "make_image_net", "pixel_normalisation", "pixel_transform",
+    "check_image_params", "resolve_image_backbone", "make_image_net", "pixel_normalisation", "pixel_transform", "pixel_train_images",
     "TrainImages", "encode_pixels", "check_image_input",
 ]
 
@@ -283,6 +283,16 @@ def pixel_transform(input_size: int, mean, std):
     from methods.pixels import PixelTransform
 
     return PixelTransform(int(input_size), mean=mean, std=std)
+
+
+def pixel_train_images(images, backbone: nn.Module, device: torch.device, rows=None):
+    """``(TrainImages, mean, std, input size)`` for training a pixel network on ``images`` (rows ``rows``):
+    the normalisation of :func:`pixel_normalisation` and the backbone's input size, which the fitted
+    method keeps for encoding."""
+    mean, std = pixel_normalisation(images, backbone)
+    size = int(backbone.input_size)
+    feeder = TrainImages(pixels=images, transform=pixel_transform(size, mean, std), device=device, rows=rows)
+    return feeder, mean, std, size
 
 
 def _as_index(idx) -> np.ndarray:
