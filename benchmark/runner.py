@@ -378,7 +378,8 @@ def _termination_signals():
 
     previous = {}
     for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if sig is not None:
+        # A signal the runner was started with ignored stays ignored (`nohup` ignores SIGHUP on purpose).
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, handler)
     try:
         yield

@@ -137,11 +137,19 @@ def wait_dead(procs: list[psutil.Process], limit: float) -> tuple[list[int], flo
     return alive(procs), time.monotonic() - t0
 
 
+def _default_signals():
+    """The runner as started from a terminal: a test process started in the background (a CI job, `cmd &`)
+    passes SIGINT ignored to its children, and a program keeps what it was started with ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_and_wait_for_workers(cmd, env, cwd, results: Path, n_logs: int, timeout: float = 60.0):
     """Start a runner; return (process, psutil process) once ``n_logs`` runs have started (their logs
     written after the start: earlier trials' logs do not count)."""
     started = time.time() - 0.01
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + timeout
     logs = results / "logs"
@@ -313,6 +321,32 @@ def test_a_signal_to_the_runner_stops_its_workers_and_exits_cleanly(tmp_path, pl
     assert store.run_ids() == []  # the runs in flight left nothing half-done
     claimed = [p.stem for p in (results / "claims").iterdir()]
     assert len(claimed) >= 2 and all(store.claim_holder(rid) is None for rid in claimed)  # and are free again
+
+
+def test_a_runner_started_with_sighup_ignored_keeps_running_on_sighup(tmp_path, plugin_dir):
+    """`nohup` ignores SIGHUP so that a run outlives its terminal; the runner keeps it ignored."""
+    suite = write_suite(tmp_path / "s.yaml", bits="[8]", seeds="[0, 1, 2]")
+    results = tmp_path / "results"
+    env = env_with(plugin_dir, CMH_TEST_FIT_S=60)
+
+    def nohup():
+        _default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    started = time.time() - 0.01
+    proc = subprocess.Popen(runner_cmd(suite, results, "--jobs", "2"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=nohup)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (results / "logs").is_dir():
+        time.sleep(0.05)
+    while time.monotonic() < deadline and sum(p.stat().st_mtime >= started for p in (results / "logs").iterdir()) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still running
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 143
 
 
 # ---------------------------------------------------------------------------------------- full disk
