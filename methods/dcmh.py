@@ -190,8 +190,8 @@ class DCMH(Hasher):
     steps matched (``scripts/validate.py --match-steps``: 607 epochs on the 1738 fit items, 5 seeds)
     the paper's widths were the better ones on the mean of both directions (I->T 0.145 vs 0.152,
     T->I 0.182 vs 0.136). Validation is thus split on the width and no deviation from the paper is
-    warranted. In full disclosure: query MAP at RDCMH's widths (near the random floor) is what made
-    us re-examine the protocol; the width itself rests on the paper and the matched validation.
+    warranted. Disclosure: query MAP at RDCMH's widths (near the random floor) is what prompted
+    the matched check; the width itself rests on the paper and the matched validation.
     The narrower networks remain a parameter: ``image_hidden=1024, text_hidden=4096`` (~6x cheaper).
 
     Deviations

@@ -394,7 +394,7 @@ def optimizer(kind: str, params, device: torch.device, **kw) -> torch.optim.Opti
     SGD step on a 4096 x 4096 layer, 2 threads; Adam on RDCMH's 1.2M-parameter image net: 3.9 vs
     0.7 ms). Small networks and GPUs keep torch's default: the fused CPU kernel opens a parallel
     region even for tiny tensors, which costs milliseconds per step whenever the cores are
-    oversubscribed (8.7 vs 0.3 ms for a 32 x 24 layer while two other runs held the cores; equal
+    oversubscribed (8.7 vs 0.3 ms for a 32 x 24 layer with the cores oversubscribed; equal
     when idle), and the common checks run small networks next to other work.
     """
     params = list(params)
