@@ -313,7 +313,9 @@ def test_a_signal_to_the_runner_stops_its_workers_and_exits_cleanly(tmp_path, pl
     os.kill(proc.pid, getattr(signal, signame))  # the runner alone, as `kill PID` does
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == code, err
-    lines = err.strip().splitlines()
+    # loky's resource tracker (a process of its own) may still warn that a semaphore the runner already
+    # removed is gone ("resource_tracker: /loky-...: FileNotFoundError"); that is its cleanup, not the runner's.
+    lines = [ln for ln in err.strip().splitlines() if "resource_tracker" not in ln]
     assert lines[-1].startswith(("stopped by", "interrupted")) and "rerun the same command to resume" in lines[-1]
     assert "Traceback" not in err and "leaked" not in err
     assert wait_dead(children, 5.0)[0] == []
