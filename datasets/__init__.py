@@ -10,7 +10,7 @@ import importlib
 import os
 from pathlib import Path
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets.base import Dataset, MaskedLabels, Protocol, mask_labels, random_protocol
 
 __all__ = [

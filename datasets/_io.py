@@ -15,7 +15,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse as sp
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 
 __all__ = [
     "check_options", "declared_options", "check_declared_options", "check_int", "search_dirs", "find_file", "try_find_file", "mat_kind",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 
 __all__ = ["Dataset", "Protocol", "MaskedLabels", "mask_labels", "random_protocol", "file_checksum"]
 

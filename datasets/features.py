@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets import gist as gist_mod
 from datasets.base import Dataset, file_checksum
 

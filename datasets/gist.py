@@ -31,7 +31,7 @@ import numpy as np
 import scipy.fft as sfft
 from PIL import Image
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 __all__ = ["gist", "gabor_bank", "prefilter", "gabor_energy", "greyscale_resize", "gist_dim",
            "GIST_VERSION", "IMAGE_SIZE", "ORIENTATIONS_PER_SCALE", "N_BLOCKS", "FC_PREFILT", "BOUNDARY_EXTENSION"]

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 
 __all__ = ["ImageArray", "pixel_layout", "LAYOUT_AXES"]
 

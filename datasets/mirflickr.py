@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets._io import (as_image, as_labels, as_text, check_int, check_options, find_file, read_array_file,
                           read_mat, read_raw_images, search_dirs)
 from datasets.base import Dataset, file_checksum, random_protocol

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets._io import check_int, check_options
 from datasets.base import Dataset, Protocol
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets._io import (as_image, as_labels, as_text, check_int, check_options, read_array_file, read_mat,
                           read_text_matrix, search_dirs, try_find_file)
 from datasets.base import Dataset, file_checksum, random_protocol

@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 
 __all__ = ["prepare", "PrepareResult", "load_row_map", "resolve_rows", "build_vocabulary", "match_columns",
            "LABEL_NAMES", "N_IMAGES", "N_ROWS", "N_TAGS", "MIN_TAG_IMAGES", "MAP_FILE"]

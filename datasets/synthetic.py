@@ -27,7 +27,7 @@ import json
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets._io import check_options
 from datasets.base import Dataset, random_protocol
 

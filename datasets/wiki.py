@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import DataFileError
+from cmhcore.errors import DataFileError
 from datasets._io import check_options, read_mat
 from datasets.base import Dataset, Protocol, file_checksum
 

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import metadata
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, binarize, clone
 
 __all__ = ["Hasher", "binarize", "clone", "get_method", "list_methods", "method_info", "make_method", "name_clashes",

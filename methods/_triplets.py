@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 from numba import njit
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 __all__ = ["eq1", "SemiSupervisedSimilarity", "TripletBatch", "boundary_positions", "rank_bins", "sample_triplets"]
 

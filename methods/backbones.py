@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from methods.nets import Dropout
 
 __all__ = ["CNNF", "MatConvNetLRN", "TorchvisionBackbone", "load_matconvnet", "build_backbone",

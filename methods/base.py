@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 __all__ = ["Hasher", "NotFittedError", "binarize", "check_modality", "clone"]
 

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher
 from methods.dcmh import _PIXEL_INIT
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, NotFittedError
 
 __all__ = ["CHECKS", "FIXES", "applies", "check_hasher", "check_names", "finding", "resolve_hasher", "CheckData",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, binarize
 from methods.dcmh import _PIXEL_INIT, check_number, encode_with, pair_similarity
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,

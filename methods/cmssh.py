@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.scm import AffineCodes, _as_float, _col_sum, _project, _top_singular_pair
 
 __all__ = ["CMSSH", "sample_pairs", "boost"]

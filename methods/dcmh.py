@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, binarize
 from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
                           forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_train_images,

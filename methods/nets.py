@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 __all__ = [
     "TextNet", "ImageNet", "Dropout", "Standardizer", "resolve_device", "seeded", "forward_in_batches",

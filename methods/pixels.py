@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 __all__ = ["is_pixels", "PixelTransform", "channel_stats", "PixelFeeder", "forward_pixels", "default_num_workers"]
 

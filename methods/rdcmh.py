@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods._triplets import SemiSupervisedSimilarity, sample_triplets
 from methods.base import Hasher, binarize
 from methods.dcmh import _PIXEL_INIT

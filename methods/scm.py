@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackNoConvergence, svds
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, binarize
 
 __all__ = ["SCMOrth", "SCMSeq", "semantic_cross_covariance", "semantic_factors", "scm_objective", "normalize_labels"]

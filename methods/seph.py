@@ -37,7 +37,7 @@ from scipy.special import expit
 from numba import njit
 from threadpoolctl import threadpool_limits
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import Hasher, binarize
 
 __all__ = ["SePHRnd", "SePHKm"]
