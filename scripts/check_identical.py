@@ -21,6 +21,11 @@ from pathlib import Path
 import numpy as np
 
 SUITE = Path(__file__).resolve().parent / "identity_suite.yaml"
+# What the methods produced: the four code matrices (stored packed along rows, +1 -> bit 1) and the
+# query representations of methods that rank by their own distance. Other arrays in the file are not
+# method output.
+CODE_ARRAYS = ["db_image", "db_text", "query_image", "query_text"]
+REPR_ARRAYS = ["query_image_repr", "query_text_repr"]
 
 
 def digests(results: Path) -> dict[str, str]:
@@ -31,11 +36,16 @@ def digests(results: Path) -> dict[str, str]:
             raise SystemExit(f"run {path.name} did not finish: {rec.get('error')}")
         spec = rec["spec"]
         key = f"{spec['label']}|{spec['dataset_label']}|{spec['n_bits']}|{spec['mask_rate']}|{spec['seed']}"
-        codes = np.load(results / rec["codes"])
+        stored = np.load(results / rec["codes"])
         h = hashlib.sha256()
-        for name in sorted(codes.files):
+        for name in CODE_ARRAYS + REPR_ARRAYS:
+            if name not in stored.files:
+                continue
+            arr = stored[name]
+            if name in CODE_ARRAYS:  # digest the {-1,+1} codes, not a storage layout
+                arr = np.unpackbits(arr, axis=1, count=int(stored["n_bits"])).astype(np.int8) * 2 - 1
             h.update(name.encode())
-            h.update(np.ascontiguousarray(codes[name]).tobytes())
+            h.update(np.ascontiguousarray(arr).tobytes())
         out[key] = h.hexdigest()
     return out
 
