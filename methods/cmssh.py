@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import InputError
-from methods.scm import AffineCodes, _as_float, _col_sum, _project, _top_singular_pair
+from methods.linalg import AffineCodes, as_float, col_sum, project, top_singular_pair
 
 __all__ = ["CMSSH", "sample_pairs", "boost"]
 
@@ -139,9 +139,9 @@ def boost(x, y, x_mean, y_mean, i, j, s, n_bits: int, n_thresholds: int, max_ref
         col_w = np.bincount(j, weights=ws, minlength=n)  # W^T 1
         zc = zx - np.outer(col_w, x_mean)  # W^T Xc
         cmat = np.asarray(y.T @ zc).T - np.outer(zc.sum(axis=0), y_mean)  # Xc^T W Yc  (dx, dy)
-        _, p, q = _top_singular_pair(cmat)
+        _, p, q = top_singular_pair(cmat)
         # (B3): offsets for the centred projections u, v of every training item.
-        u, v = _project(x, p, -x_mean @ p), _project(y, q, -y_mean @ q)
+        u, v = project(x, p, -x_mean @ p), project(y, q, -y_mean @ q)
         ta, tb = _threshold_grid(u, n_thresholds), _threshold_grid(v, n_thresholds)
         grid = _correlation_grid(u, v, i, j, ta, tb, ws)  # joint coarse search
         ka, kb = np.unravel_index(int(np.argmax(np.abs(grid))), grid.shape)
@@ -156,7 +156,7 @@ def boost(x, y, x_mean, y_mean, i, j, s, n_bits: int, n_thresholds: int, max_ref
                 break
             best = r
         a, b = -x_mean @ p - theta_a, -y_mean @ q - theta_b
-        h = _pm1(_project(x, p, a)[i]) * _pm1(_project(y, q, b)[j])  # exact outputs of the new learner
+        h = _pm1(project(x, p, a)[i]) * _pm1(project(y, q, b)[j])  # exact outputs of the new learner
         eps = float(w[h != s].sum())
         eps_c = min(max(eps, 1e-12), 1.0 - 1e-12)
         alpha = 0.5 * np.log((1.0 - eps_c) / eps_c) if eps < 0.5 else 0.0  # (B4); useless learner: weight 0
@@ -227,9 +227,9 @@ class CMSSH(AffineCodes):
     def fit(self, image, text, labels, labeled=None):
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         self._check_params()
-        x, y = _as_float(image), _as_float(text)
-        self.image_mean_ = _col_sum(x) / x.shape[0]
-        self.text_mean_ = _col_sum(y) / y.shape[0]
+        x, y = as_float(image), as_float(text)
+        self.image_mean_ = col_sum(x) / x.shape[0]
+        self.text_mean_ = col_sum(y) / y.shape[0]
         rows = np.flatnonzero(labeled)
         rng = np.random.default_rng(self.random_state)
         i, j, s = sample_pairs(labels[rows], int(self.n_pairs), rng)

@@ -22,51 +22,16 @@ memory are linear in the number of training items (:func:`semantic_cross_covaria
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import ArpackNoConvergence, svds
 
 from cmhcore.errors import InputError
-from methods.base import Hasher, binarize
+from methods.base import binarize
+from methods.linalg import (RANK_TOL, AffineCodes, as_float, centred_gram, col_sum, fix_sign, low_rank_svd,
+                            orth_complement, project, t_dot, whitener)
 
 __all__ = ["SCMOrth", "SCMSeq", "semantic_cross_covariance", "semantic_factors", "scm_objective", "normalize_labels"]
 
-# Directions whose training variance is below this fraction of the largest are numerically zero
-# (e.g. the all-ones direction of centred L1-normalised histograms); no projection may use them.
-RANK_TOL = 1e-10
-
 
 # ------------------------------------------------------------------------------------------ helpers
-def _as_float(x):
-    """Dense float64 array or float64 CSR matrix (sparse text stays sparse)."""
-    if sp.issparse(x):
-        return sp.csr_matrix(x, dtype=np.float64)
-    return np.asarray(x, dtype=np.float64)
-
-
-def _col_sum(x) -> np.ndarray:
-    return np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-
-
-def _t_dot(x, b) -> np.ndarray:
-    """x^T @ b as a dense array, for dense or sparse x and dense b."""
-    return np.asarray(x.T @ b, dtype=np.float64)
-
-
-def _centred_gram(x, mean: np.ndarray) -> np.ndarray:
-    """(x - mean)^T (x - mean) without densifying a sparse x."""
-    g = x.T @ x
-    g = g.toarray() if sp.issparse(g) else np.asarray(g)
-    n = x.shape[0]
-    s = _col_sum(x)
-    # (x - 1 m^T)^T (x - 1 m^T) = x^T x - s m^T - m s^T + n m m^T
-    return g - np.outer(s, mean) - np.outer(mean, s) + n * np.outer(mean, mean)
-
-
-def _project(x, w: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """x @ w + offset; the offset holds -mean @ w so centring never densifies a sparse x."""
-    return np.asarray(x @ w, dtype=np.float64) + offset
-
-
 def normalize_labels(labels: np.ndarray) -> np.ndarray:
     """Rows l2-normalised (the L~ of (S1)); every row passed here has at least one label."""
     lab = np.asarray(labels, dtype=np.float64)
@@ -86,10 +51,10 @@ def semantic_factors(x, y, labels, x_mean=None, y_mean=None) -> tuple[np.ndarray
     my = np.zeros(dy) if y_mean is None else np.asarray(y_mean, dtype=np.float64)
     n = lt.shape[0]
     lsum = lt.sum(axis=0)
-    xl = _t_dot(x, lt) - np.outer(mx, lsum)          # Xc^T L~   (dx, m)
-    yl = _t_dot(y, lt) - np.outer(my, lsum)          # Yc^T L~   (dy, m)
-    x1 = _col_sum(x) - n * mx                        # Xc^T 1
-    y1 = _col_sum(y) - n * my                        # Yc^T 1
+    xl = t_dot(x, lt) - np.outer(mx, lsum)          # Xc^T L~   (dx, m)
+    yl = t_dot(y, lt) - np.outer(my, lsum)          # Yc^T L~   (dy, m)
+    x1 = col_sum(x) - n * mx                        # Xc^T 1
+    y1 = col_sum(y) - n * my                        # Yc^T 1
     return np.column_stack([2.0 * xl, -x1]), np.column_stack([yl, y1])
 
 
@@ -114,89 +79,7 @@ def scm_objective(codes_x, codes_y, labels, n_bits: int) -> float:
     return code_term - 2.0 * n_bits * cross + float(n_bits) ** 2 * s_norm
 
 
-def _whitener(cov: np.ndarray, reg: float) -> tuple[np.ndarray, float, int]:
-    """K with K^T (cov + ridge I) K = I on the span of the training data; returns (K, ridge, rank).
-
-    Directions of (numerically) zero training variance are dropped: a projection along them would
-    turn rounding noise into code bits. The ridge, ``reg`` times the mean variance, bounds the gain
-    of the whitening along tiny but genuine directions.
-    """
-    evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
-    top = float(evals[-1]) if evals.size else 0.0
-    keep = evals > RANK_TOL * top if top > 0 else np.zeros(evals.shape, dtype=bool)
-    ridge = reg * float(np.trace(cov)) / max(cov.shape[0], 1)
-    k = evecs[:, keep] / np.sqrt(evals[keep] + ridge)
-    return k, ridge, int(keep.sum())
-
-
-def _fix_sign(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Singular pairs are defined up to a joint sign: make u's largest entry positive (machine-independent)."""
-    i = int(np.argmax(np.abs(u)))
-    return (u, v) if u[i] >= 0 else (-u, -v)
-
-
-def _top_singular_pair(m: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Largest singular value and vectors of a dense matrix (ARPACK for big ones, LAPACK otherwise)."""
-    if min(m.shape) > 64:
-        try:
-            v0 = np.ones(min(m.shape)) / np.sqrt(min(m.shape))  # fixed start: deterministic
-            if m.shape[0] <= m.shape[1]:
-                u, s, vt = svds(m, k=1, v0=v0, solver="arpack")
-            else:
-                ut, s, v = svds(m.T, k=1, v0=v0, solver="arpack")
-                u, vt = v.T, ut.T
-            if np.all(np.isfinite(s)):
-                uu, vv = _fix_sign(u[:, 0], vt[0])
-                return float(s[0]), uu, vv
-        except ArpackNoConvergence:  # pragma: no cover - fall back to the dense SVD
-            pass
-    u, s, vt = np.linalg.svd(m, full_matrices=False)
-    uu, vv = _fix_sign(u[:, 0], vt[0])
-    return float(s[0]), uu, vv
-
-
-def _low_rank_svd(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SVD of ``a @ b.T`` from its factors (QR of each, then the SVD of a k x k core): O((m + n) k^2)."""
-    qa, ra = np.linalg.qr(a)
-    qb, rb = np.linalg.qr(b)
-    u, s, vt = np.linalg.svd(ra @ rb.T)
-    return qa @ u, s, qb @ vt.T
-
-
-def _orth_complement(basis: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` orthonormal vectors orthogonal to span(basis) (orthonormal columns), drawn at random (seeded).
-
-    Drawn rather than taken from LAPACK so that they depend only on the span, not on the library.
-    """
-    dim = basis.shape[0]
-    k = min(k, dim - basis.shape[1])
-    if k <= 0:
-        return np.zeros((dim, 0))
-    g = rng.standard_normal((dim, k))
-    for _ in range(2):  # project twice: one pass loses orthogonality when the basis is large
-        g -= basis @ (basis.T @ g)
-    q, _ = np.linalg.qr(g)
-    return q
-
-
 # ------------------------------------------------------------------------------------------ methods
-class AffineCodes(Hasher):
-    """Hashers whose bits are affine projections per modality: sign(x @ proj_ + offset_).
-
-    Subclasses set ``image_proj_``, ``image_offset_``, ``text_proj_`` and ``text_offset_`` in ``fit``.
-    """
-
-    def encode_image(self, image):
-        self._check_fitted("image_proj_")
-        image = self._validate_encode(image, "image", self.image_proj_.shape[0])
-        return binarize(_project(_as_float(image), self.image_proj_, self.image_offset_))
-
-    def encode_text(self, text):
-        self._check_fitted("text_proj_")
-        text = self._validate_encode(text, "text", self.text_proj_.shape[0])
-        return binarize(_project(_as_float(text), self.text_proj_, self.text_offset_))
-
-
 class _SCMBase(AffineCodes):
     """Shared fitting plumbing of SCM-Orth and SCM-Seq (centring, whitening, C = c X^T S Y)."""
 
@@ -219,12 +102,12 @@ class _SCMBase(AffineCodes):
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         reg = self._check_params()
         c = int(self.n_bits)
-        x, y = _as_float(image), _as_float(text)
+        x, y = as_float(image), as_float(text)
         # Centring and the constraint covariances use every training item: they need no label.
-        self.image_mean_ = _col_sum(x) / x.shape[0]
-        self.text_mean_ = _col_sum(y) / y.shape[0]
-        kx, self.image_ridge_, self.image_rank_ = _whitener(_centred_gram(x, self.image_mean_), reg)
-        ky, self.text_ridge_, self.text_rank_ = _whitener(_centred_gram(y, self.text_mean_), reg)
+        self.image_mean_ = col_sum(x) / x.shape[0]
+        self.text_mean_ = col_sum(y) / y.shape[0]
+        kx, self.image_ridge_, self.image_rank_ = whitener(centred_gram(x, self.image_mean_), reg)
+        ky, self.text_ridge_, self.text_rank_ = whitener(centred_gram(y, self.text_mean_), reg)
         # The similarity (S1) exists only between labeled items.
         rows = np.flatnonzero(labeled)
         xl, yl, lab = x[rows], y[rows], labels[rows]
@@ -237,8 +120,8 @@ class _SCMBase(AffineCodes):
         self.image_offset_ = -self.image_mean_ @ self.image_proj_
         self.text_offset_ = -self.text_mean_ @ self.text_proj_
         self.singular_values_ = values
-        bx = binarize(_project(xl, self.image_proj_, self.image_offset_))
-        by = binarize(_project(yl, self.text_proj_, self.text_offset_))
+        bx = binarize(project(xl, self.image_proj_, self.image_offset_))
+        by = binarize(project(yl, self.text_proj_, self.text_offset_))
         self.objective_ = scm_objective(bx, by, lab, c)  # (S2) on the labeled training items
         return self
 
@@ -309,15 +192,15 @@ class SCMOrth(_SCMBase):
         if dx == 0 or dy == 0:
             self.n_informative_bits_ = 0
             return wx, wy, values
-        u, s, v = _low_rank_svd(fa, gb)  # (S4): its positive eigenvalues are the singular values of M
+        u, s, v = low_rank_svd(fa, gb)  # (S4): its positive eigenvalues are the singular values of M
         r = int(np.sum(s > RANK_TOL * s[0])) if s.size and s[0] > 0 else 0
         r = min(r, dx, dy)
         ux, vy = u[:, :r].copy(), v[:, :r].copy()
         for t in range(r):
-            ux[:, t], vy[:, t] = _fix_sign(ux[:, t], vy[:, t])
+            ux[:, t], vy[:, t] = fix_sign(ux[:, t], vy[:, t])
         extra = max(c - r, 0)
-        nx = _orth_complement(ux, extra, rng)  # null space of M^T (image directions C cannot see)
-        ny = _orth_complement(vy, extra, rng)  # null space of M
+        nx = orth_complement(ux, extra, rng)  # null space of M^T (image directions C cannot see)
+        ny = orth_complement(vy, extra, rng)  # null space of M
         # Non-negative eigenvectors of (S4) in order: informative pairs, null pairs (both sides, as
         # the per-modality constraint of (S3) requires while it is feasible), then one-sided [wx; 0]
         # or [0; wy]; past those the bit stays constant (the rest have negative eigenvalues).
@@ -383,13 +266,13 @@ class SCMSeq(_SCMBase):
         a[:, :k0], b[:, :k0] = fa, gb
         mx, my = self.image_mean_, self.text_mean_
         for t in range(c):
-            u, s, v = _low_rank_svd(a[:, :k0 + t], b[:, :k0 + t])
-            wx[:, t], wy[:, t] = _fix_sign(u[:, 0], v[:, 0])
+            u, s, v = low_rank_svd(a[:, :k0 + t], b[:, :k0 + t])
+            wx[:, t], wy[:, t] = fix_sign(u[:, 0], v[:, 0])
             values[t] = s[0]
             px, py = kx @ wx[:, t], ky @ wy[:, t]  # bit t in feature space
-            bx = binarize(_project(xl, px, -mx @ px)).astype(np.float64)
-            by = binarize(_project(yl, py, -my @ py)).astype(np.float64)
+            bx = binarize(project(xl, px, -mx @ px)).astype(np.float64)
+            by = binarize(project(yl, py, -my @ py)).astype(np.float64)
             # (S6) whitened: Kx^T Xc^T b_x = Kx^T (X^T b_x - mean_x 1^T b_x), likewise for the text side
-            a[:, k0 + t] = -(kx.T @ (_t_dot(xl, bx) - mx * bx.sum()))
-            b[:, k0 + t] = ky.T @ (_t_dot(yl, by) - my * by.sum())
+            a[:, k0 + t] = -(kx.T @ (t_dot(xl, bx) - mx * bx.sum()))
+            b[:, k0 + t] = ky.T @ (t_dot(yl, by) - my * by.sum())
         return wx, wy, values
