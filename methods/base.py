@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import InputError
+from cmhcore.params import Interval, check_params
 
 __all__ = ["Hasher", "NotFittedError", "binarize", "check_modality", "clone"]
 
@@ -108,7 +109,10 @@ class Hasher:
     * ``accepts_pixels``: whether the image side may be raw ``uint8`` images;
     * ``known_check_failures``: ``{check_name: reason}`` for common checks that the method is known
       to fail (reported as xfail, never silently skipped);
-    * ``check_params``: keyword overrides that make the common checks fast (fewer epochs, ...).
+    * ``check_params``: keyword overrides that make the common checks fast (fewer epochs, ...);
+    * ``_parameter_constraints``: ``{param: [allowed forms]}`` (see :mod:`cmhcore.params`), checked by
+      :meth:`validate_params`. ``n_bits`` (from ``bits_range``) and ``random_state`` (an int >= 0 or
+      None) have defaults here that a subclass may override.
     """
 
     bits_range: ClassVar[tuple[int, int]] = (1, 1024)
@@ -116,6 +120,7 @@ class Hasher:
     accepts_pixels: ClassVar[bool] = False
     known_check_failures: ClassVar[dict[str, str]] = {}
     check_params: ClassVar[dict[str, Any]] = {}
+    _parameter_constraints: ClassVar[dict[str, list]] = {}
 
     # ------------------------------------------------------------------ parameters (sklearn-style)
     @classmethod
@@ -146,6 +151,27 @@ class Hasher:
             setattr(self, key, value)
         return self
 
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list]:
+        """The constraints :meth:`validate_params` checks: the class's ``_parameter_constraints`` over
+        the defaults for ``n_bits`` and ``random_state`` (only for parameters ``__init__`` declares)."""
+        names = set(cls._get_param_names())
+        lo, hi = cls.bits_range
+        defaults = {"n_bits": [Interval(int, lo, hi, closed="both")],
+                    "random_state": [Interval(int, 0, None, closed="left"), None]}
+        merged = {k: v for k, v in defaults.items() if k in names}
+        merged.update(cls._parameter_constraints)
+        return merged
+
+    def validate_params(self) -> None:
+        """Check :meth:`get_params` against :meth:`parameter_constraints`; one-line InputError naming the
+        first invalid parameter and its valid forms. Does no other work."""
+        check_params(type(self).__name__, self.get_params(), self.parameter_constraints())
+
+    def _validate_params(self):
+        """Called first thing in ``fit``; subclasses that add cross-parameter rules call this first."""
+        self.validate_params()
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -174,6 +200,17 @@ class Hasher:
         q = np.asarray(queries, dtype=np.int32)
         d = np.asarray(database_codes, dtype=np.int32)
         return (q.shape[1] - q @ d.T) // 2
+
+    def distance_state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays :meth:`distance` needs besides its two arguments (CDQ: its codebooks), so that
+        stored query representations and database codes can be re-ranked without refitting. Default:
+        none (Hamming distance needs nothing)."""
+        return {}
+
+    def set_distance_state(self, state: dict[str, np.ndarray]) -> "Hasher":
+        """Restore :meth:`distance_state` on a fresh instance built from the recorded parameters, after
+        which ``distance(queries, database_codes)`` works. Default: nothing to restore."""
+        return self
 
     @classmethod
     def uses_own_distance(cls) -> bool:
