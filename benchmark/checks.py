@@ -2,11 +2,11 @@
 
 Like scikit-learn's estimator checks: small functions, each taking a hasher *class* plus the
 parameters to build it with, each raising ``AssertionError`` with a one-line reason on failure.
-``tests/methods/test_common.py`` runs every check on every registered method (one pytest id per
+``tests/benchmark/test_checks.py`` runs every check on every registered method (one pytest id per
 (method, check)); users run them on their own class with::
 
     python -m benchmark check mypkg.hashers:MyHasher      # or
-    from methods.checks import check_hasher; check_hasher(MyHasher)
+    from benchmark.checks import check_hasher; check_hasher(MyHasher)
 
 A method declares checks it is known to fail in ``known_check_failures = {check: reason}``; they
 are reported as expected failures, never silently skipped. ``check_params`` on the class makes the
@@ -251,7 +251,7 @@ def check_same_seed_same_codes(cls, params):
 _CHILD = """
 import pickle, sys
 import numpy as np
-from methods import checks
+from benchmark import checks
 with open(sys.argv[1], "rb") as fh:
     cls, params = pickle.load(fh)
 h = checks._fit(cls, params)

@@ -112,7 +112,9 @@ class Hasher:
     * ``check_params``: keyword overrides that make the common checks fast (fewer epochs, ...);
     * ``_parameter_constraints``: ``{param: [allowed forms]}`` (see :mod:`cmhcore.params`), checked by
       :meth:`validate_params`. ``n_bits`` (from ``bits_range``) and ``random_state`` (an int >= 0 or
-      None) have defaults here that a subclass may override.
+      None) have defaults here that a subclass may override;
+    * ``unconstrained_params``: ``{param: reason}`` for parameters deliberately left without a
+      constraint (the common check ``params_validated`` fails for any other unconstrained parameter).
     """
 
     bits_range: ClassVar[tuple[int, int]] = (1, 1024)
@@ -121,6 +123,7 @@ class Hasher:
     known_check_failures: ClassVar[dict[str, str]] = {}
     check_params: ClassVar[dict[str, Any]] = {}
     _parameter_constraints: ClassVar[dict[str, list]] = {}
+    unconstrained_params: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ parameters (sklearn-style)
     @classmethod

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from methods import REGISTRY, get_method
-from methods.checks import CHECKS, applies, check_hasher, resolve_hasher
+from benchmark.checks import CHECKS, applies, check_hasher, resolve_hasher
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 
 
 # CNN-F makes each pixel check cost seconds: the RDCMH ablations, whose networks and pipeline are
@@ -128,7 +128,7 @@ def test_a_method_seeded_from_hash_fails_only_the_check_across_processes():
 
 
 def test_every_check_gets_fresh_read_only_arrays():
-    from methods import checks
+    from benchmark import checks
 
     a, b = checks._data(), checks._data()
     for part in ("train", "query", "database"):
@@ -140,7 +140,7 @@ def test_every_check_gets_fresh_read_only_arrays():
 
 
 def test_every_check_has_a_fix():
-    from methods.checks import FIXES
+    from benchmark.checks import FIXES
 
     missing = [name for name in CHECKS if name not in FIXES and name.removeprefix("pixels_") not in FIXES]
     assert missing == []
