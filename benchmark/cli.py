@@ -289,7 +289,7 @@ def _cmd_check(args) -> int:
 
     get_method(args.method)  # unknown name / bad plug-in -> InputError (exit 2) before any check
     try:
-        from methods.checks import check_hasher
+        from benchmark.checks import check_hasher
     except ImportError as exc:
         print(f"error: the common checks cannot be imported ({exc})", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import torch
 
 from benchmark.metrics import mean_average_precision
 from methods import REGISTRY, get_method
-from methods.checks import CHECKS, check_data
+from benchmark.checks import CHECKS, check_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
