@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from cmhcore.errors import InputError
+from cmhcore.params import Interval
 from methods.linalg import AffineCodes, as_float, col_sum, project, top_singular_pair
 
 __all__ = ["CMSSH", "sample_pairs", "boost"]
@@ -210,6 +210,8 @@ class CMSSH(AffineCodes):
     bits_range = (1, 1024)
     needs_labels = True
     check_params = {"n_pairs": 4000, "n_thresholds": 16}
+    _parameter_constraints = {"n_pairs": [Interval(int, 2, None, closed="left")],
+                              "n_thresholds": [Interval(int, 1, None, closed="left")]}
 
     def __init__(self, n_bits: int = 32, n_pairs: int = 100_000, n_thresholds: int = 32,
                  random_state: int | None = 0):
@@ -218,15 +220,9 @@ class CMSSH(AffineCodes):
         self.n_thresholds = n_thresholds
         self.random_state = random_state
 
-    def _check_params(self):
-        for name, lo in (("n_pairs", 2), ("n_thresholds", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise InputError(f"{name}={v!r} is invalid for CMSSH; valid: an integer >= {lo}")
-
     def fit(self, image, text, labels, labeled=None):
+        self._validate_params()
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
-        self._check_params()
         x, y = as_float(image), as_float(text)
         self.image_mean_ = col_sum(x) / x.shape[0]
         self.text_mean_ = col_sum(y) / y.shape[0]

@@ -41,6 +41,7 @@ class RandomProjection(Hasher):
         self.random_state = random_state
 
     def fit(self, image, text, labels, labeled=None):
+        self._validate_params()
         image, text, _, _ = self._validate_fit(image, text, labels, labeled)
         rng = np.random.default_rng(self.random_state)
         self.image_mean_ = _mean(image)

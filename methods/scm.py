@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cmhcore.errors import InputError
+from cmhcore.params import Interval
 from methods.base import binarize
 from methods.linalg import (RANK_TOL, AffineCodes, as_float, centred_gram, col_sum, fix_sign, low_rank_svd,
                             orth_complement, project, t_dot, whitener)
@@ -85,22 +85,17 @@ class _SCMBase(AffineCodes):
 
     bits_range = (1, 1024)
     needs_labels = True
+    _parameter_constraints = {"reg": [Interval(float, 0, None, closed="left")]}
 
     def __init__(self, n_bits: int = 32, reg: float = 1e-4, random_state: int | None = 0):
         self.n_bits = n_bits
         self.reg = reg
         self.random_state = random_state
 
-    def _check_params(self) -> float:
-        reg = self.reg
-        if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating, np.integer)) \
-                or not np.isfinite(reg) or reg < 0:
-            raise InputError(f"reg={reg!r} is invalid for {type(self).__name__}; valid: a finite number >= 0")
-        return float(reg)
-
     def fit(self, image, text, labels, labeled=None):
+        self._validate_params()
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
-        reg = self._check_params()
+        reg = float(self.reg)
         c = int(self.n_bits)
         x, y = as_float(image), as_float(text)
         # Centring and the constraint covariances use every training item: they need no label.

@@ -38,6 +38,7 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from cmhcore.errors import InputError
+from cmhcore.params import Interval
 from methods.base import Hasher, binarize
 
 __all__ = ["SePHRnd", "SePHKm"]
@@ -311,18 +312,6 @@ def kmeans(x, k: int, rng: np.random.Generator, max_iter: int = 100) -> np.ndarr
     return centres
 
 
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InputError(f"{name}={value!r} is invalid; valid: an integer >= {lo}")
-
-
-def _check_float(name, value, lo, strict):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and np.isfinite(value) and (value > lo if strict else value >= lo)
-    if not ok:
-        raise InputError(f"{name}={value!r} is invalid; valid: a finite number {'>' if strict else '>='} {lo}")
-
-
 # ------------------------------------------------------------------------------------------ the method
 class _SePH(Hasher):
     """Semantics-Preserving Hashing (Lin et al., CVPR 2015); see :class:`SePHRnd` and :class:`SePHKm`.
@@ -397,6 +386,14 @@ class _SePH(Hasher):
 
     needs_labels = True
     check_params = {"n_anchors": 60, "n_iter": 100, "klr_max_iter": 200}
+    _parameter_constraints = {
+        "n_anchors": [Interval(int, 1, None, closed="left")],
+        "max_code_items": [Interval(int, 2, None, closed="left")],
+        "alpha": [Interval(float, 0, None, closed="left")],
+        "n_iter": [Interval(int, 1, None, closed="left")],
+        "klr_c": [Interval(float, 0, None, closed="neither")],
+        "klr_max_iter": [Interval(int, 1, None, closed="left")],
+    }
     _anchor_mode = "random"
 
     def __init__(self, n_bits: int = 32, random_state: int | None = 0, n_anchors: int = 500,
@@ -412,17 +409,9 @@ class _SePH(Hasher):
         self.klr_max_iter = klr_max_iter
 
     # -------------------------------------------------------------------------------- fit
-    def _validate_params(self):
-        _check_int("n_anchors", self.n_anchors, 1)
-        _check_int("max_code_items", self.max_code_items, 2)
-        _check_int("n_iter", self.n_iter, 1)
-        _check_int("klr_max_iter", self.klr_max_iter, 1)
-        _check_float("alpha", self.alpha, 0.0, strict=False)
-        _check_float("klr_c", self.klr_c, 0.0, strict=True)
-
     def fit(self, image, text, labels, labeled=None):
-        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         self._validate_params()
+        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         lab_idx = np.flatnonzero(labeled)
         if lab_idx.size < 2:
             raise InputError(f"{type(self).__name__} needs at least 2 labeled training items, got {lab_idx.size}")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.cmssh import CMSSH, _correlation_grid, boost, sample_pairs
 
 
@@ -149,8 +149,22 @@ def test_pairs_are_drawn_among_labeled_items_only():
     np.testing.assert_allclose(h.image_mean_, x.mean(0))
 
 
-@pytest.mark.parametrize("param,value", [("n_pairs", 1), ("n_pairs", 2.5), ("n_thresholds", 0), ("n_pairs", True)])
-def test_bad_parameters_are_rejected_before_work(param, value):
+@pytest.mark.parametrize("param,value,valid", [("n_pairs", 1, "an int in [2, inf)"), ("n_pairs", 2.5, "an int in [2, inf)"),
+                                               ("n_pairs", True, "an int in [2, inf)"),
+                                               ("n_thresholds", 0, "an int in [1, inf)"),
+                                               ("n_thresholds", "8", "an int in [1, inf)")])
+def test_bad_parameters_are_rejected_before_work(param, value, valid):
     x, y, labels = _data()
-    with pytest.raises(InputError, match=param):
+    with pytest.raises(InputError) as err:
         CMSSH(n_bits=4, **{param: value}).fit(x, y, labels)
+    assert str(err.value) == f"CMSSH parameter {param}={value!r} is invalid; valid: {valid}"
+
+
+def test_numpy_integers_are_valid_counts():
+    x, y, labels = _data()
+    h = CMSSH(n_bits=2, n_pairs=np.int64(200), n_thresholds=np.int32(4)).fit(x, y, labels)
+    assert h.n_similar_pairs_ + h.n_dissimilar_pairs_ == 200
+
+
+def test_every_parameter_has_a_declared_constraint():
+    assert set(CMSSH.parameter_constraints()) == set(CMSSH._get_param_names())

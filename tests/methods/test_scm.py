@@ -4,7 +4,7 @@ import pytest
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.base import binarize
 from methods.scm import SCMOrth, SCMSeq, normalize_labels, scm_objective, semantic_cross_covariance
 
@@ -178,8 +178,23 @@ def test_unlabeled_items_only_shift_the_centring_and_covariances():
     np.testing.assert_array_equal(h.encode_image(x), g.encode_image(x))
 
 
-@pytest.mark.parametrize("reg", [-1.0, float("nan"), "1e-4", True])
-def test_bad_regularisation_is_rejected_before_work(reg):
+@pytest.mark.parametrize("cls", [SCMOrth, SCMSeq])
+@pytest.mark.parametrize("reg", [-1.0, float("nan"), float("inf"), "1e-4", True])
+def test_bad_regularisation_is_rejected_before_work(cls, reg):
     x, y, labels = _data()
-    with pytest.raises(InputError, match="reg="):
-        SCMOrth(n_bits=4, reg=reg).fit(x, y, labels)
+    with pytest.raises(InputError) as err:
+        cls(n_bits=4, reg=reg).fit(x, y, labels)
+    assert str(err.value) == f"{cls.__name__} parameter reg={reg!r} is invalid; valid: a float in [0, inf)"
+    assert not hasattr(cls(n_bits=4, reg=reg), "image_mean_")
+
+
+@pytest.mark.parametrize("reg", [0, 0.0, np.float32(1e-3), np.int64(1)])
+def test_any_real_regularisation_from_zero_up_is_accepted(reg):
+    x, y, labels = _data()
+    h = SCMSeq(n_bits=2, reg=reg).fit(x, y, labels)
+    assert h.image_ridge_ >= 0.0
+
+
+@pytest.mark.parametrize("cls", [SCMOrth, SCMSeq])
+def test_every_parameter_has_a_declared_constraint(cls):
+    assert set(cls.parameter_constraints()) == set(cls._get_param_names())

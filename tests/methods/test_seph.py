@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets.synthetic import make_synthetic
 from methods.seph import (SePHKm, SePHRnd, _affinity_stats, _normalised_labels, fit_klr, klr_objective,
                           learn_codes, seph_objective)
@@ -222,9 +222,14 @@ def test_unified_code_follows_both_views():
 def test_bad_parameters_and_labels_fail_before_work():
     train, _, _ = _data()
     img, txt, lab, labeled = train
-    for params in ({"n_anchors": 0}, {"alpha": -1.0}, {"klr_c": 0.0}, {"n_iter": 1.5}, {"max_code_items": 1}):
-        with pytest.raises(InputError):
-            SePHRnd(n_bits=8, **params).fit(*train)
+    cases = {"n_anchors": (0, "an int in [1, inf)"), "alpha": (-1.0, "a float in [0, inf)"),
+             "klr_c": (0.0, "a float in (0, inf)"), "n_iter": (1.5, "an int in [1, inf)"),
+             "max_code_items": (1, "an int in [2, inf)"), "klr_max_iter": (True, "an int in [1, inf)")}
+    for name, (value, valid) in cases.items():
+        for cls in (SePHRnd, SePHKm):
+            with pytest.raises(InputError) as err:
+                cls(n_bits=8, **{name: value}).fit(*train)
+            assert str(err.value) == f"{cls.__name__} parameter {name}={value!r} is invalid; valid: {valid}"
     one = np.zeros(lab.shape[0], dtype=bool)
     one[0] = True
     with pytest.raises(InputError, match="at least 2 labeled"):
@@ -261,3 +266,8 @@ def test_objective_is_the_same_with_threads():
         threaded = seph_objective(h, ln, 0.01, block=7, executor=pool)
     assert alone[0] == threaded[0]
     np.testing.assert_array_equal(alone[1], threaded[1])
+
+
+@pytest.mark.parametrize("cls", [SePHRnd, SePHKm])
+def test_every_parameter_has_a_declared_constraint(cls):
+    assert set(cls.parameter_constraints()) == set(cls._get_param_names())
