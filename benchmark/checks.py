@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import InputError
+from cmhcore.params import describe, invalid_values
 from methods.base import Hasher, NotFittedError
 
 __all__ = ["CHECKS", "FIXES", "applies", "check_hasher", "check_names", "finding", "resolve_hasher", "CheckData",
@@ -401,6 +402,65 @@ def _expect_one_line_errors(cases: dict[str, Callable]) -> None:
         raise AssertionError(f"{what} did not raise InputError")
 
 
+
+class _DataTouched(AssertionError):
+    """Raised by :class:`_Untouchable` when a method reads its fit inputs."""
+
+
+class _Untouchable:
+    """A stand-in for a fit input that fails on any use: a method that validates its parameters
+    before any work raises InputError without ever touching it."""
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+
+    def _touched(self, *_args, **_kwargs):
+        raise _DataTouched(f"fit read its {object.__getattribute__(self, '_name')} input before rejecting the "
+                           "invalid parameter")
+
+    def __getattr__(self, _attr):
+        self._touched()
+
+    __array__ = __len__ = __getitem__ = __iter__ = __bool__ = _touched
+
+
+def check_params_validated(cls, params):
+    """Every ``__init__`` parameter has a declared constraint (or a reasoned entry in
+    ``unconstrained_params``); the defaults satisfy them; and each kind of bad value the constraints
+    allow deriving (wrong type, below/above an interval, an unknown option, a bool for an int) fails
+    with a one-line InputError naming the parameter, both at ``validate_params`` and at the start of
+    ``fit``, before the inputs are touched."""
+    names = set(cls._get_param_names())
+    constraints = cls.parameter_constraints()
+    stray = sorted(set(constraints) - names)
+    assert not stray, f"constraints name parameter(s) {', '.join(stray)} that __init__ does not take"
+    exempt = dict(cls.unconstrained_params)
+    stray = sorted(set(exempt) - names)
+    assert not stray, f"unconstrained_params names parameter(s) {', '.join(stray)} that __init__ does not take"
+    both = sorted(set(exempt) & set(constraints))
+    assert not both, f"parameter(s) {', '.join(both)} are both constrained and listed in unconstrained_params"
+    missing = sorted(names - set(constraints) - set(exempt))
+    assert not missing, (f"parameter(s) without a declared constraint: {', '.join(missing)}; declare them in "
+                         "_parameter_constraints or list them in unconstrained_params with the reason")
+    _build(cls, params).validate_params()  # the defaults (with the checks' overrides) must be valid
+    untouchable = tuple(_Untouchable(n) for n in ("image", "text", "labels", "labeled"))
+    for name, forms in constraints.items():
+        valid = " or ".join(describe(f) for f in forms)
+        for kind, value in invalid_values(forms):
+            what = f"{name}={value!r} ({kind}; valid: {valid})"
+            for stage in ("validate_params", "fit"):
+                h = _build(cls, params, **{name: value})
+                call = h.validate_params if stage == "validate_params" else (lambda: h.fit(*untouchable))
+                try:
+                    call()
+                except InputError as exc:
+                    msg = str(exc)
+                    assert "\n" not in msg, f"{stage} with {what}: the error message is not one line"
+                    assert f"{name}=" in msg, f"{stage} with {what}: the error does not name the parameter: {msg}"
+                    continue
+                raise AssertionError(f"{stage} with {what} did not raise InputError")
+
+
 def check_beats_random_floor(cls, params):
     """On easy synthetic data the method beats the random-projection floor by a wide margin, both directions."""
     from benchmark.metrics import mean_average_precision
@@ -477,6 +537,7 @@ CHECKS: dict[str, Callable] = {
     "batch_equals_single": check_batch_equals_single,
     "masked_labels_ignored": check_masked_labels_ignored,
     "rejects_bad_input": check_rejects_bad_input,
+    "params_validated": check_params_validated,
     "beats_random_floor": check_beats_random_floor,
     "pixels_rejected_or_backbone_checked": check_pixels_rejected_or_backbone_checked,
 }
@@ -500,6 +561,8 @@ FIXES: dict[str, str] = {
     "batch_equals_single": "encode each row on its own: no statistics of the batch at encode time",
     "masked_labels_ignored": "read labels only in rows where labeled is True (or use _validate_fit's output)",
     "rejects_bad_input": "call self._validate_fit / self._validate_encode first; they raise InputError",
+    "params_validated": "declare every __init__ parameter in _parameter_constraints (cmhcore.params forms) and "
+                        "call self._validate_params() first thing in fit",
     "beats_random_floor": "check the objective and its defaults, or declare the failure in known_check_failures "
                           "with the reason",
     "pixels_rejected_or_backbone_checked": "validate the image side with self._validate_fit / _validate_encode "
