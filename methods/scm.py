@@ -6,8 +6,8 @@ The method learns one linear projection per modality, ``h_x(x) = sign((x - mean_
 
     (S1)  S = 2 L~ L~^T - 1 1^T,       L~ = labels with l2-normalised rows  (cosine of label vectors, in [-1, 1])
 
-and ``c`` the code length. The paper's objective and its relaxations, in our own numbering
-(the paper's text was not at hand to check its equation numbers; the section names are the paper's):
+and ``c`` the code length. The paper's objective and its relaxations, labelled (S1)-(S6) by us because the
+paper's own equation numbers could not be checked against its text (``docs/methods/scm.md``):
 
     (S2)  min ||sign(X Wx) sign(Y Wy)^T - c S||_F^2                                    (objective)
     (S3)  max tr(Wx^T X^T S Y Wy)  s.t.  Wx^T X^T X Wx = n I,  Wy^T Y^T Y Wy = n I      (SCM-Orth relaxation)
@@ -134,40 +134,27 @@ class SCMOrth(_SCMBase):
     n_bits : int
         Code length c (also the scale of ``c S`` in (S2)).
     reg : float
-        Ridge added to each modality's covariance, as a fraction of its mean variance (see below).
+        Ridge added to each modality's covariance, as a fraction of its mean variance (default 1e-4).
     random_state : int or None
-        Seed of the basis chosen inside the null spaces (bits beyond the rank of C, see below).
+        Seed of the basis chosen inside the null spaces (bits beyond the rank of C).
 
-    How (S4) is solved. With ``Kx`` whitening the (regularised) ``Cxx`` (``Kx^T Cxx Kx = I``), the
-    positive eigenvalues of (S4) are the singular values of ``M = Kx^T C Ky``: bit t is
-    ``wx = Kx u_t``, ``wy = Ky v_t`` for the t-th singular pair (``singular_values_``). M is never
-    formed: C = c F G^T has rank <= n_labels + 1 (:func:`semantic_factors`), so two QRs and a small
-    SVD give it. Then ``Wx^T Cxx Wx = Wy^T Cyy Wy = I``, the constraint of (S3) up to the irrelevant
-    factor n (tested).
+    (S4) is solved in whitened coordinates: with ``Kx^T Cxx Kx = I`` (likewise ``Ky``), its positive
+    eigenvalues are the singular values of ``M = Kx^T C Ky`` (``singular_values_``) and bit t is
+    ``wx = Kx u_t``, ``wy = Ky v_t``. M is kept as factors of rank <= n_labels + 1, never formed.
+    The result satisfies ``Wx^T Cxx Wx = Wy^T Cyy Wy = I``, the constraint of (S3) up to the factor n.
 
-    Choices the paper leaves open, and deviations:
+    Choices and deviations (details in ``docs/methods/scm.md``):
 
-    * Centring (paper: zero-mean data): with the mean of all training items, labeled or not; the
-      same mean is subtracted from database and query items at encoding time.
-    * Unlabeled items: used for the mean and for Cxx, Cyy (the constraint of (S3) involves features
-      only); S, hence C, uses labeled items only, as the paper's S is defined by labels.
-    * Regularisation (the paper has none; its public code adds 1e-6 I): ``Cxx + reg * tr(Cxx)/d * I``
-      (scale-free, default reg=1e-4), and directions of numerically zero variance (eigenvalue below
-      1e-10 of the largest: Wiki's centred L1-normalised histograms, duplicated columns) are removed
-      from the problem, so no projection reads rounding noise and every projection is finite.
-    * Bits beyond the rank r of C (r <= number of labels + 1; e.g. 9 on Wiki, whose centred 10-d
-      text has rank 9) have eigenvalue 0 in (S4): the relaxed objective no longer ranks them. We use
-      the eigenvectors the problem leaves: pairs of seeded random orthonormal null directions on
-      both sides while both modalities have some left (these bits carry no semantic signal), then
-      one-sided eigenvectors ``[wx; 0]`` or ``[0; wy]`` (the other modality's bit is constant +1;
-      such a bit shifts all distances of a query equally in one retrieval direction and adds noise
-      in the other).
-      Past ``max(rank_x, rank_y)`` non-negative eigenvalues the bit is constant on both sides: the
-      next eigenvectors of (S4) have negative eigenvalues and would anti-correlate the modalities.
-      This is why SCM-Orth cannot profit from long codes (the RDCMH paper reports its MAP falling
-      with c; on Wiki ours falls for text->image and stays flat for image->text).
-    * Database codes are not stored from training: database items are encoded by the learned
-      functions like queries.
+    * centring with the mean of all training items; unlabeled items enter the mean and Cxx, Cyy,
+      while S (hence C) uses labeled items only;
+    * ridge ``reg * tr(Cxx)/d`` (the paper has none) and directions of variance below 1e-10 of the
+      largest removed, so no projection reads rounding noise;
+    * bits beyond r = rank(C) <= n_labels + 1 have eigenvalue 0: seeded random null-space pairs, then
+      one-sided eigenvectors ``[wx; 0]`` / ``[0; wy]`` (the other side's bit is constant +1), then
+      constant bits (the rest of (S4)'s eigenvalues are negative). ``n_informative_bits_ = min(c, r)``.
+      Hence SCM-Orth cannot profit from long codes, and it fails the common check
+      ``beats_random_floor`` (declared below);
+    * database codes come from the learned functions, like queries.
     """
 
     known_check_failures = {
@@ -227,25 +214,23 @@ class SCMSeq(_SCMBase):
     n_bits : int
         Code length c (also the scale of ``c S`` in (S2) and (S5)).
     reg : float
-        Ridge added to each modality's covariance, as a fraction of its mean variance.
+        Ridge added to each modality's covariance, as a fraction of its mean variance (default 1e-4).
     random_state : int or None
         Unused: SCM-Seq is deterministic (kept for the Hasher contract).
 
     Bit t maximises ``wx^T C_t wy`` under the norm constraints of (S5): the top singular pair of
-    ``M_t = Kx^T C_t Ky``. After each bit, the residual is updated by (S6) with the signs of the
-    labeled training items' projections, in whitened coordinates:
+    ``M_t = Kx^T C_t Ky`` (``singular_values_[t]`` is its relaxed objective value). (S6) in whitened
+    coordinates, with the signs b_x, b_y of the labeled training items' projections:
     ``M_{t+1} = M_t - (Kx^T Xc^T b_x)(b_y^T Yc Ky)``. M_t is kept as factors (one column more per
-    bit), so a bit costs O(n d + d (n_labels + t)^2) and no d_x x d_y matrix is formed.
-    ``singular_values_[t]`` is the relaxed objective value of bit t.
+    bit): a bit costs O(n d + d (n_labels + t)^2) and no d_x x d_y matrix is formed.
 
-    Choices the paper leaves open, and deviations:
+    Choices and deviations (details in ``docs/methods/scm.md``):
 
-    * Centring, unlabeled items, regularisation and removal of zero-variance directions: as in
-      :class:`SCMOrth` (mean, Cxx, Cyy from all training items; C and the residual codes from the
-      labeled items only).
-    * The public MATLAB code stops the sequence and falls back to CCA projections when a bit's
-      eigenvalue exceeds the previous one; that rule is not in the paper's algorithm and is not used.
-    * Database codes are computed by the learned functions, like queries.
+    * centring, unlabeled items, ridge and removal of zero-variance directions as in :class:`SCMOrth`
+      (the residual codes use labeled items only);
+    * the public MATLAB code's fallback to CCA when a bit's eigenvalue exceeds the previous one is
+      not in the paper's algorithm and is not used;
+    * database codes come from the learned functions, like queries.
     """
 
     def _solve(self, fa, gb, kx, ky, xl, yl):
