@@ -3,8 +3,8 @@
 Boosting over cross-modal pairs ``(x_k, y_k)`` labelled ``s_k = +1`` (similar) or ``-1`` (dissimilar).
 Bit i is a pair of affine hash functions ``xi_i(x) = sign(p_i^T x + a_i)``, ``eta_i(y) = sign(q_i^T y + b_i)``
 (a weak learner that predicts ``s_k`` by ``xi_i(x_k) eta_i(y_k)``), chosen on pair weights ``w_i``.
-The boosting loop, in our own numbering (the paper's text was not at hand to check its equation
-numbers):
+The boosting loop, labelled (B1)-(B5) by us because the paper's own equation numbers could not be
+checked against its text (``docs/methods/cmssh.md``):
 
     (B1)  r_i = sum_k w_i(k) s_k xi_i(x_k) eta_i(y_k)                 weighted correlation to maximise
     (B2)  relaxed (signs and offsets dropped, centred data, |p| = |q| = 1):
@@ -183,28 +183,17 @@ class CMSSH(AffineCodes):
     random_state : int or None
         Seed of the pair sampling.
 
-    Choices the paper leaves open, and deviations:
+    Choices the paper leaves open, and deviations (details in ``docs/methods/cmssh.md``):
 
-    * Training pairs: ``n_pairs`` (default 100,000) ordered cross-modal pairs (image of item i, text
-      of item j, i = j allowed) drawn uniformly with replacement among labeled training items, half
-      similar (sharing at least one label) and half dissimilar, seeded by ``random_state``; initial
-      weights uniform (so both kinds carry half the mass). Only labeled items define similarity.
-    * Unlabeled items: used only for the centring means and for the candidate thresholds (both
-      need features only); they are in no pair.
-    * Projections (B2): leading singular vectors of the weighted cross-covariance of similar pairs
-      minus dissimilar pairs, on features centred with the training mean; no regularisation is
-      needed (an SVD, no inverse). Features are not rescaled: the paper's relaxation works on the
-      raw feature space.
-    * Offsets (B3): a joint search over ``n_thresholds`` x ``n_thresholds`` candidate pairs at evenly
-      spaced quantiles of the training projections, then exact coordinate ascent (each offset in
-      turn set to its exact optimum given the other, over all midpoints between distinct training
-      projections) until r stops rising; the result is optimal in each offset separately, not
-      necessarily jointly. The text function's sign is flipped if that makes r positive. Offsets
-      are never equal to a training projection, so no training item sits on a bit's boundary.
-    * A learner with weighted error >= 0.5 (only possible on degenerate data) gets alpha = 0.
-    * Ranking: the boosting weights ``alpha_`` are kept but retrieval uses the plain Hamming distance
-      of the codes, like every other method of the suite and the published CMSSH baselines.
-    * Database codes are computed by the learned functions, like queries (not stored from training).
+    * pairs: ``n_pairs`` ordered cross-modal pairs among labeled items, drawn uniformly with
+      replacement, half similar (sharing a label) and half dissimilar, uniform initial weights;
+      unlabeled items enter only the centring means and the candidate offsets;
+    * (B2): leading singular pair of the weighted cross-covariance on centred, unscaled features;
+    * (B3): a joint ``n_thresholds`` x ``n_thresholds`` quantile search, then exact coordinate ascent
+      over all midpoints between training projections (optimal in each offset given the other);
+    * a learner with weighted error >= 0.5 gets alpha = 0;
+    * retrieval uses plain Hamming distance; the boosting weights ``alpha_`` are kept, not used;
+    * database codes come from the learned functions, like queries.
     """
 
     bits_range = (1, 1024)
