@@ -20,7 +20,8 @@ from numba import njit
 
 from cmhcore.errors import InputError
 
-__all__ = ["eq1", "SemiSupervisedSimilarity", "TripletBatch", "boundary_positions", "rank_bins", "sample_triplets"]
+__all__ = ["eq1", "SemiSupervisedSimilarity", "TripletBatch", "SAMPLERS", "boundary_positions", "rank_bins",
+           "level_bins", "level_thresholds", "sample_triplets"]
 
 
 def eq1(s1: torch.Tensor, s2: torch.Tensor, both_labeled: torch.Tensor) -> torch.Tensor:
@@ -310,8 +311,10 @@ def _rank_bins_sorted(rows: torch.Tensor, exclude: torch.Tensor, n_bins: int, kt
 class TripletBatch:
     """Indices of (query, positive, negative) and whether each triplet is real.
 
-    A query whose ranking list has fewer than two non-empty bins (all other items equally similar)
-    cannot form a triplet: its row is kept for shape but ``valid`` is False.
+    A query that cannot form a triplet under the sampler (all other items equally similar, or
+    fewer than two non-empty bins) keeps its row for shape but ``valid`` is False. ``bin_i`` and
+    ``bin_j`` are the bins the positive and the negative came from (-1 for the ``"pairs"``
+    sampler, which has no bins).
     """
 
     q: torch.Tensor
@@ -322,29 +325,71 @@ class TripletBatch:
     bin_j: torch.Tensor
 
 
-def sample_triplets(sim: SemiSupervisedSimilarity, queries: torch.Tensor, n_bins: int,
-                    generator: torch.Generator) -> TripletBatch:
-    """One triplet per query, from its S^xy ranking list cut into ``n_bins`` bins.
+# The readings of "randomly pick three points from three different bins" (experiments section);
+# docs/methods/rdcmh.md quotes the paper's text for each and gives the triplets each one yields.
+SAMPLERS = ("bins", "pairs", "levels", "top")
 
-    Reading of the paper's "three points from three different bins": the query is the anchor
-    (its own list has it first); the positive and the negative come from two *different* bins of
-    the query's list, the two bins drawn uniformly among the non-empty ones, each item uniformly
-    inside its bin; the item from the higher-ranked bin is the positive. Fully vectorised:
-    O(batch x n) work and memory, no loop over triplets.
+
+def level_bins(rows: torch.Tensor, exclude: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Bins cut at fixed similarity values: bin = number of ``thresholds`` >= the value.
+
+    ``thresholds`` (n_bins - 1 values, non-increasing) are the same for every row, so the bins
+    hold unequal counts. The tie rule is :func:`rank_bins`'s: a value equal to a threshold goes to
+    the later bin. The excluded item (the query) gets ``n_bins``.
     """
-    dev = sim.device
-    b, n = queries.shape[0], sim.n
-    rows = sim.rows(queries)
-    bins = rank_bins(rows, queries, n_bins)
+    thr = thresholds.to(device=rows.device, dtype=rows.dtype)
+    bins = (rows[:, :, None] <= thr[None, None, :]).sum(dim=2)
+    bins[torch.arange(rows.shape[0], device=rows.device), exclude] = thr.numel() + 1
+    return bins
+
+
+def level_thresholds(sim: SemiSupervisedSimilarity, n_bins: int, seed: int = 0,
+                     max_values: int = 4_000_000, chunk: int = 256) -> torch.Tensor:
+    """The ``"levels"`` sampler's cut points: equal-count boundaries of the pooled S^xy values.
+
+    The values are those of every ranking list (the query's own entry left out) of up to
+    ``max_values // n`` training items drawn without replacement (all items when they fit), so
+    the cost stays O(max_values). Returns n_bins - 1 non-increasing values on the host.
+    """
+    n = sim.n
+    k = max(1, min(n, max_values // max(n - 1, 1)))
+    rng = np.random.default_rng([seed, 4242])
+    queries = np.arange(n) if k >= n else np.sort(rng.choice(n, size=k, replace=False))
+    pooled = []
+    for s in range(0, queries.size, chunk):
+        q = torch.as_tensor(queries[s:s + chunk], device=sim.device)
+        rows = sim.rows(q)
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        keep[torch.arange(q.numel(), device=rows.device), q] = False
+        pooled.append(rows[keep].cpu().numpy())
+    vals = np.sort(np.concatenate(pooled))[::-1]
+    return torch.as_tensor(vals[boundary_positions(vals.size, n_bins)].copy())
+
+
+def _from_bins(bins: torch.Tensor, queries: torch.Tensor, n_bins: int, generator: torch.Generator,
+               top: bool) -> TripletBatch:
+    """Positive and negative from two different non-empty bins of each query's list.
+
+    ``top=False``: the two bins uniformly among the non-empty ones, the lower (more similar) one
+    giving the positive. ``top=True``: the positive from the first non-empty bin, the negative's
+    bin uniformly among the other non-empty ones. Each item uniform inside its bin.
+    """
+    dev = bins.device
+    b, n = bins.shape
     sizes = torch.zeros((b, n_bins + 1), dtype=torch.long, device=dev)
     sizes.scatter_add_(1, bins, torch.ones_like(bins))
     sizes = sizes[:, :n_bins]
     # Two distinct non-empty bins, uniformly: the two largest of iid uniform scores over non-empty bins.
     scores = torch.rand((b, n_bins), generator=generator).to(dev)
     scores = torch.where(sizes > 0, scores, torch.full_like(scores, -1.0))
-    top = torch.topk(scores, 2, dim=1)
-    valid = top.values[:, 1] >= 0
-    pick = torch.sort(top.indices, dim=1).values  # lower bin index = more similar = positive
+    if top:
+        # The first non-empty bin outranks every score (2 > any uniform), so it is always picked.
+        ar = torch.arange(b, device=dev)
+        first = torch.argmax((sizes > 0).long(), dim=1)
+        scores[ar, first] = torch.where(scores[ar, first] >= 0, 2.0, -1.0)
+    top2 = torch.topk(scores, 2, dim=1)
+    valid = top2.values[:, 1] >= 0
+    pick = torch.sort(top2.indices, dim=1).values  # lower bin index = more similar = positive
     u = torch.rand((b, 2), generator=generator).to(dev)
     size = torch.gather(sizes, 1, pick)
     rank = torch.minimum((u * size).long(), (size - 1).clamp(min=0))  # uniform rank inside the bin
@@ -352,3 +397,65 @@ def sample_triplets(sim: SemiSupervisedSimilarity, queries: torch.Tensor, n_bins
     running = torch.cumsum(bins[:, None, :] == pick[:, :, None], dim=2)  # (b, 2, n)
     items = torch.searchsorted(running, (rank + 1)[:, :, None]).squeeze(2).clamp(max=n - 1)
     return TripletBatch(queries, items[:, 0], items[:, 1], valid, pick[:, 0], pick[:, 1])
+
+
+def _sample_pairs(rows: torch.Tensor, queries: torch.Tensor, generator: torch.Generator) -> TripletBatch:
+    """One ordered pair (i, j) with s_qi > s_qj per query, uniformly among all such pairs.
+
+    Item i is drawn with probability c_i / P, where c_i counts the items strictly less similar
+    than i and P = sum_i c_i is the number of pairs; then j uniformly among those c_i items. Both
+    steps read one ascending sort of the row: O(n log n) per query, no O(n^2) enumeration.
+    """
+    dev = rows.device
+    b, n = rows.shape
+    ar = torch.arange(b, device=dev)
+    r = rows.clone()
+    r[ar, queries] = float("inf")  # the query sorts last and is below no value
+    vals, order = torch.sort(r, dim=1)
+    below = torch.searchsorted(vals, r.contiguous())  # items strictly less similar than each item
+    below[ar, queries] = 0
+    total = below.sum(dim=1)
+    valid = total > 0
+    u = torch.rand((b, 2), generator=generator, dtype=torch.float64).to(dev)
+    target = torch.minimum((u[:, 0] * total).long(), (total - 1).clamp(min=0))
+    cum = torch.cumsum(below, dim=1)
+    i = torch.searchsorted(cum, target[:, None], right=True).squeeze(1).clamp(max=n - 1)
+    c_i = below[ar, i]
+    rank = torch.minimum((u[:, 1] * c_i).long(), (c_i - 1).clamp(min=0))
+    j = order[ar, rank]  # the c_i smallest values are exactly those below s_qi
+    none = torch.full_like(i, -1)
+    return TripletBatch(queries, i, j, valid, none, none)
+
+
+def sample_triplets(sim: SemiSupervisedSimilarity, queries: torch.Tensor, n_bins: int,
+                    generator: torch.Generator, sampler: str = "bins",
+                    thresholds: torch.Tensor | None = None) -> TripletBatch:
+    """One triplet (query, positive, negative) per query, from its S^xy ranking list.
+
+    Every reading takes the query as the anchor (its own list has it first) and returns a
+    positive strictly more similar to it than the negative (s_qi > s_qj, Eq. 2's condition):
+
+    * ``"bins"``: the list cut into ``n_bins`` equal-count bins (:func:`rank_bins`); two distinct
+      non-empty bins drawn uniformly, one item uniformly inside each;
+    * ``"levels"``: the same, with bins cut at fixed similarity values ``thresholds``
+      (:func:`level_thresholds`, :func:`level_bins`), so bins hold unequal counts;
+    * ``"top"``: equal-count bins; the positive from the first non-empty bin, the negative from
+      another non-empty bin drawn uniformly;
+    * ``"pairs"``: no bins; (i, j) uniformly over the ordered pairs with s_qi > s_qj, so that the
+      mean of (1 - s_ij) [delta dH]_+ over draws is Eq. 3's sum divided by the number of pairs.
+
+    Fully vectorised: O(batch x n) work and memory, no loop over triplets.
+    """
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler={sampler!r} is invalid; valid: {', '.join(SAMPLERS)}")
+    rows = sim.rows(queries)
+    if sampler == "pairs":
+        return _sample_pairs(rows, queries, generator)
+    if sampler == "levels":
+        if thresholds is None or thresholds.numel() != n_bins - 1:
+            raise InputError(f"sampler='levels' needs {n_bins - 1} thresholds (level_thresholds); "
+                             f"valid: a tensor of n_bins - 1 values")
+        bins = level_bins(rows, queries, thresholds)
+    else:
+        bins = rank_bins(rows, queries, n_bins)
+    return _from_bins(bins, queries, n_bins, generator, top=sampler == "top")

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods import get_method
 from methods._triplets import (SemiSupervisedSimilarity, boundary_positions, eq1, rank_bins,
                                sample_triplets)
@@ -352,7 +352,7 @@ def test_nd_hash_functions_are_affine_maps_of_the_features():
     h = RDCMH_ND(n_bits=8, **TINY).fit(img, txt, lab, labeled)
     params = [p for p in h.image_net_.parameters()]
     assert [tuple(p.shape) for p in params] == [(8, img.shape[1]), (8,)]
-    z = h.image_std_.transform(img)
+    z = h.image_scaler_.transform(img)
     w, b = (p.detach().numpy() for p in params)
     assert np.array_equal(h.encode_image(img), np.where(z @ w.T + b >= 0, 1, -1).astype(np.int8))
 
