@@ -14,11 +14,9 @@ Two stages, as in the paper:
    (Eqs. 7-9) on RBF features of 500 anchors, ``phi(x)_a = exp(-||x - x_a||^2 / (2 sigma^2))``; the
    anchors are random training items (SePH_rnd) or k-means centres (SePH_km).
 
-Equation numbers follow the CVPR 2015 paper as we reconstructed them; the PDF's text was not
-reachable from the sources available while writing this module, so the numbering must be checked
-against the paper. Numeric settings the paper leaves to its code (optimiser constants, alpha, the
-kernel width rule, the regularisation weight) are facts taken from the authors' public MATLAB
-release; the implementation here is our own.
+Equation numbers are the CVPR 2015 paper's, unverified against its text here; the formulas and the
+numeric settings the paper leaves to its code (optimiser constants, alpha, the kernel width rule, the
+regularisation weight) follow the authors' public MATLAB release. Details: ``docs/methods/seph.md``.
 
 Memory: the objective couples every pair of training items. It is evaluated in 512 x 512 tiles of
 pairs (upper triangle only, P and Q being symmetric), with the affinities recomputed from the
@@ -221,7 +219,7 @@ def learn_codes(ln: np.ndarray, n_bits: int, alpha: float, n_iter: int, rng: np.
     gains = np.ones_like(h)
     best, best_h, history = np.inf, h.copy(), []
     # Coarse threads (one per part of the tiles) with single-threaded BLAS: fine-grained BLAS or
-    # compiled-loop threads spin and were 5-25x slower on a shared 2-core machine.
+    # compiled-loop threads spin, measured 5-25x slower on a shared 2-core machine.
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=_PARTS) as pool:
         for it in range(n_iter + 1):
             obj, grad = seph_objective(h, ln, alpha_eff, affinity_stats=stats, dtype=dtype, executor=pool)
@@ -314,74 +312,36 @@ def kmeans(x, k: int, rng: np.random.Generator, max_iter: int = 100) -> np.ndarr
 
 # ------------------------------------------------------------------------------------------ the method
 class _SePH(Hasher):
-    """Semantics-Preserving Hashing (Lin et al., CVPR 2015); see :class:`SePHRnd` and :class:`SePHKm`.
+    """Semantics-Preserving Hashing (Lin et al., CVPR 2015): KL-matched codes (Eqs. 1-6), then per-bit
+    kernel logistic regression on RBF features of anchors (Eqs. 7-9).
 
     Parameters
     ----------
     n_bits : int
         Code length c.
     random_state : int or None
-        Seeds the training sample, the anchors (or k-means start), and the initial relaxed codes.
+        Seeds the training sample, the anchor pool, the anchors (or k-means start) and the initial codes.
     n_anchors : int, default 500
-        Anchors of the RBF features (paper: 500). Capped at the number of training items (random
-        anchors) or half of it (k-means), as the release code skips those cases.
+        RBF anchors per modality (paper: 500); capped at the pool size (random) or half of it (k-means).
     max_code_items : int, default 5000
-        At most this many labeled training items, drawn at random, learn the codes and the kernel
-        logistic regressions (the objective is quadratic in them). It is also the size of the pool
-        the anchors and kernel width come from.
+        Labeled items, drawn at random, that learn the codes and the regressions (the objective is
+        quadratic in them); also the size of the pool the anchors and kernel width come from.
     alpha : float, default 0.01
-        Quantisation weight; the objective uses ``alpha / (n_bits * n)`` as the release code does.
+        Quantisation weight (Eq. 5), used as ``alpha / (n_bits * n)`` like the release.
     n_iter : int, default 100
-        Gradient steps of the KL minimiser (release code: 100).
+        Gradient steps of the KL minimiser (the release's t-SNE-style descent; best iterate kept).
     klr_c : float, default 0.01
-        Weight of the RKHS-norm regulariser ``w^T K0 w`` of each kernel logistic regression.
+        Weight of each regression's RKHS-norm regulariser ``w^T K0 w`` (no bias term, as the release).
     klr_max_iter : int, default 500
-        L-BFGS iterations of the kernel logistic regressions (minFunc's default in the release).
+        L-BFGS iterations of the kernel logistic regressions.
 
-    Choices the paper leaves open, and what we do:
-
-    * **Affinities**: cosine similarity of the label vectors (the release's rule; for single-label
-      data it is 1 for the same class and 0 otherwise). Diagonal excluded.
-    * **Training points**: codes (and the hash functions) are learned on a uniform random sample of
-      at most 5000 labeled items. The paper samples its training set to bound the quadratic cost
-      (its release loads a stored ``sampleInds``); 5000 is the size commonly used for it at
-      MIRFlickr/NUS-WIDE scale, which we could not confirm in the paper's text. Wiki's 2173
-      training items are all used.
-    * **Optimiser**: the release's t-SNE-style gradient descent: init ``1e-4 * N(0, 1)``, learning
-      rate 500, momentum 0.5, delta-bar-delta gains (+0.2 / x0.8, floor 0.01), codes recentred each
-      step, 100 steps, the iterate with the lowest objective kept; codes are its signs.
-    * **Kernel width**: ``sigma^2`` = mean squared Euclidean distance between training items (the
-      release's rule), features ``exp(-||x - a||^2 / (2 sigma^2))``. If all items coincide
-      (``sigma^2 = 0``), ``sigma^2 = 1`` so the features stay finite (they are then constant).
-    * **Anchors**: SePH_rnd: random training items; SePH_km: centres of Lloyd's k-means (random
-      items as the start, at most 100 iterations, one run), one set per modality, as in the release.
-    * **Regularisation**: the kernel logistic regression's RKHS norm ``klr_c * w^T K0 w``, K0 the
-      anchors' kernel matrix, ``klr_c = 0.01``; no bias term (as in the release). It also makes
-      rank-deficient kernels (duplicated anchors or features, Wiki's tiny histograms) harmless: a
-      direction with ``K0 w = 0`` changes no prediction. No covariance is ever inverted.
-    * **Database codes**: the paper gives a paired database item one unified code,
-      ``sign(p(+|x_img) p(+|x_txt) - p(-|x_img) p(-|x_txt))``. This suite's contract encodes each
-      modality on its own, so ``encode_image`` / ``encode_text`` return single-view codes
-      ``sign(phi(x)^T w)`` (the paper's query codes) for database and queries alike. The paper's unified
-      code is available as :meth:`encode_pair` for paired items (not used by the evaluator).
-
-    Deviations:
-
-    * Optimiser of the kernel logistic regressions: the release runs minFunc's L-BFGS per bit for at
-      most 500 iterations, which stops well short of the minimum (on Wiki the objective is still
-      10 % above it). We solve all bits of a modality jointly (a sum of independent convex problems)
-      with L-BFGS in whitened coordinates (see :func:`fit_klr`), which reaches the minimum of the
-      paper's objective in tens of iterations. Same objective, so the same model the paper defines;
-      it may differ from the release's early-stopped one.
-    * Features are not mean-centred: RBF features depend only on distances, which centring leaves
-      unchanged (the release centres them).
-    * The objective is evaluated in float32 tiles of pairs (the sums are float64), for speed.
-
-    Partial labels: the affinities exist only among labeled items, so only labeled items learn codes
-    and train the hash functions. Unlabeled items cannot inform the KL stage (they have no target in
-    P), but they do inform the unsupervised parts: they belong to the pool from which the anchors
-    (random or k-means) and the kernel width are taken. Every item gets codes through the hash
-    functions. Masked label rows are never read.
+    Choices and deviations (details in ``docs/methods/seph.md``): cosine label affinities; kernel
+    width = mean squared distance in the pool; ``encode_image``/``encode_text`` give single-view codes
+    ``sign(phi(x)^T w)`` for database and queries alike (the paper's unified code of a paired item is
+    :meth:`encode_pair`, not used by the evaluator); the regressions of one modality are solved jointly
+    to their minimum in whitened coordinates (the release's per-bit L-BFGS stops early); features are
+    not centred (RBF features depend on distances only); float32 tiles with float64 sums. Only labeled
+    items learn codes; unlabeled ones join the pool for anchors and kernel width.
     """
 
     needs_labels = True
@@ -435,7 +395,7 @@ class _SePH(Hasher):
         self.n_code_items_ = int(code_idx.size)
 
         # The two modalities' hash functions are independent: one thread each, with single-threaded
-        # BLAS (its own threads spin and were ~20x slower on a shared 2-core machine).
+        # BLAS (its own threads spin, measured ~20x slower on a shared 2-core machine).
         views = list(zip((image, text), rng.spawn(2)))
         with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=2) as workers:
             img_view, txt_view = workers.map(lambda v: self._fit_view(v[0], pool, code_idx, codes, v[1]), views)
@@ -494,10 +454,10 @@ class _SePH(Hasher):
 
 
 class SePHRnd(_SePH):
-    __doc__ = "SePH_rnd: SePH with random training items as the RBF anchors.\n" + _SePH.__doc__
+    __doc__ = "SePH_rnd: SePH with random training items as the RBF anchors.\n\n" + _SePH.__doc__
     _anchor_mode = "random"
 
 
 class SePHKm(_SePH):
-    __doc__ = "SePH_km: SePH with k-means centres as the RBF anchors.\n" + _SePH.__doc__
+    __doc__ = "SePH_km: SePH with k-means centres as the RBF anchors (Lloyd, one run).\n\n" + _SePH.__doc__
     _anchor_mode = "kmeans"
