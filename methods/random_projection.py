@@ -1,8 +1,8 @@
 """The random floor: independent random projections per modality.
 
 Every method must beat it. The image and text projections are drawn independently, so codes of the
-two modalities are unrelated and cross-modal MAP sits at the chance level (about 0.111 on Wiki,
-PROTOCOLS.md section 6). Labels are not used.
+two modalities are unrelated and cross-modal MAP sits near the chance level (0.111 on Wiki, see
+``docs/protocols.md`` and ``docs/methods/random.md``). Labels are not used.
 """
 from __future__ import annotations
 
