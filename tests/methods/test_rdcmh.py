@@ -315,12 +315,39 @@ def test_auto_device_runs():
 @pytest.mark.parametrize("params", [
     {"loss": "triplet"}, {"loss": "linear", "margin": 0.5}, {"cross_terms": "both"}, {"n_bins": 1},
     {"lam": -1.0}, {"lr": 0.0}, {"n_iter": 0}, {"dropout": 1.0}, {"image_backbone": "cnnf-raw"},
-    {"device": "tpu"},
+    {"device": "tpu"}, {"sampler": "ranks"}, {"n_iter": True}, {"image_size": 0},
 ])
 def test_bad_parameters_fail_before_work(params):
     img, txt, lab, labeled = _toy(n=20)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError) as err:
         RDCMH(**{**TINY, **params}).fit(img, txt, lab, labeled)
+    assert "\n" not in str(err.value) and "valid" in str(err.value)
+
+
+def test_constraint_message_names_the_parameter_and_the_valid_forms():
+    with pytest.raises(InputError, match=r"^RDCMH parameter lam=-1.0 is invalid; valid: a float in \[0, inf\)$"):
+        RDCMH(lam=-1.0).validate_params()
+    with pytest.raises(InputError, match="sampler='ranks' is invalid; valid: one of 'bins', 'levels', 'pairs', 'top'"):
+        RDCMH(sampler="ranks").validate_params()
+
+
+@pytest.mark.parametrize("sampler", ["bins", "levels", "top", "pairs"])
+def test_every_sampler_trains_and_is_reproducible(sampler):
+    img, txt, lab, labeled = _toy(n=90)
+    a = RDCMH(n_bits=8, sampler=sampler, **{**TINY, "n_iter": 8}).fit(img, txt, lab, labeled)
+    b = RDCMH(n_bits=8, sampler=sampler, **{**TINY, "n_iter": 8}).fit(img, txt, lab, labeled)
+    assert np.array_equal(a.encode_text(txt), b.encode_text(txt))
+    assert a.history_["valid_triplets"] == 8 * 32
+    assert (a.level_thresholds_ is not None) == (sampler == "levels")
+    if sampler == "levels":
+        assert a.level_thresholds_.shape == (4,) and (np.diff(a.level_thresholds_) <= 0).all()
+
+
+def test_samplers_change_the_training_triplets():
+    img, txt, lab, labeled = _toy(n=90)
+    codes = {s: RDCMH(n_bits=8, sampler=s, **{**TINY, "n_iter": 8}).fit(img, txt, lab, labeled).train_codes_
+             for s in ("bins", "top", "pairs")}
+    assert not np.array_equal(codes["bins"], codes["top"]) and not np.array_equal(codes["bins"], codes["pairs"])
 
 
 def test_registry_names_resolve_to_the_variants():
