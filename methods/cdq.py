@@ -1,29 +1,16 @@
 """CDQ: Collective Deep Quantization (Cao, Long, Wang, Liu, AAAI 2017).
 
-Two deep networks map images and texts into one ``dim``-dimensional space (tanh bottleneck
-``z``); an adaptive cross-entropy loss on cross-modal pairs makes the inner product of an
-image's and a text's ``z`` predict whether they share a label; a collective quantization loss
-pulls every ``z`` of both modalities towards a sum of M codewords, one from each of M codebooks
-of K codewords **shared by both modalities**. A database item is stored as its M codeword
-indices (M log2 K bits); a query keeps its real-valued ``z`` and is ranked against the database
-by the asymmetric quantizer distance (AQD): minus the inner product of the query with the
-database item's reconstruction, computed from an (M x K) lookup table per query.
+Two deep networks map images and texts into one ``dim``-dimensional space (tanh bottleneck ``z``),
+trained on an adaptive cross-entropy loss over cross-modal pairs and a collective quantization
+loss towards M codebooks of K codewords shared by both modalities. A database item is stored as
+its M codeword indices (M log2 K bits); a query keeps its real-valued ``z`` and is ranked by the
+asymmetric quantizer distance (AQD), from an (M x K) lookup table per query.
 
-How this maps onto the Hasher contract (``methods/base.py``):
-
-* ``encode_image`` / ``encode_text`` return the database codes: each of the M codeword indices
-  written as log2 K bits (most significant first, bit 1 -> +1, bit 0 -> -1), int8 in {-1, +1};
-* ``query_image`` / ``query_text`` return the real-valued bottleneck ``z`` (float32);
-* ``distance(queries, database_codes)`` returns the AQD (n_queries, n_database), vectorised
-  through the lookup tables (a loop over the M codebooks only, never over items).
-
-Sources. The paper's full text was not retrievable offline when this was written. The
-formulation follows the paper's abstract (inner-product distance on a common codebook with
-table lookup), public summaries of the paper (Figure 1: CNN + MLP, ``fcb`` tanh bottlenecks,
-adaptive cross-entropy loss, collective quantization loss; ablations CDQ-alpha, CDQ-ip, CDQ-2)
-and facts of the authors' public release (caoyue10/aaai17-cdq). Because the equation numbers
-could not be checked against the paper, comments name each equation by its role (adaptive
-cross-entropy loss, collective quantization loss, AQD, codebook step, ICM code step).
+On the Hasher contract (``methods/base.py``): ``encode_image`` / ``encode_text`` return the database
+codes (each index written as log2 K bits, most significant first, bit 1 -> +1, bit 0 -> -1, int8);
+``query_image`` / ``query_text`` return ``z`` (float32); ``distance`` returns the AQD, vectorised
+through the lookup tables; ``distance_state`` is the codebooks, so stored queries and codes can be
+re-ranked without refitting. Sources and notes: ``docs/methods/cdq.md``.
 """
 from __future__ import annotations
 
@@ -35,11 +22,15 @@ import scipy.sparse as sp
 import torch
 
 from cmhcore.errors import InputError
+from cmhcore.params import Interval, Options
 from methods.base import Hasher
-from methods.dcmh import _PIXEL_INIT
-from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
-                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_train_images,
-                          resolve_device, resolve_image_backbone, seeded, to_tensor)
+from methods.losses.likelihood import adaptive_cross_entropy, pair_similarity
+from methods.losses.margin import label_margin_loss
+from methods.losses.quantization import collective_quantization_loss
+from methods.nets import (IMAGE_PARAM_CONSTRAINTS, PIXEL_INIT_REASON, Standardizer, TextNet, TrainImages,
+                          check_image_backbone, check_image_input, encode_pixels, forward_in_batches,
+                          is_pixels_input, make_image_net, optimizer, pixel_train_images, resolve_device,
+                          resolve_image_backbone, seeded, to_tensor)
 
 __all__ = ["CDQ", "pack_indices", "unpack_indices", "aqd_inner", "inter_codebook_products"]
 
@@ -147,108 +138,39 @@ def _icm(z: np.ndarray, codebooks: np.ndarray, sweeps: int, init: np.ndarray | N
 class CDQ(Hasher):
     """Collective Deep Quantization (Cao et al., AAAI 2017) with AQD retrieval.
 
-    Objective (the paper's overall objective, ``min L + lambda Q``):
-
-    * ``L`` adaptive cross-entropy loss on image-text pairs ``(i, j)``:
-      ``log(1 + exp(alpha <z_i^x, z_j^y>)) - alpha s_ij <z_i^x, z_j^y>`` with ``s_ij = 1`` when
-      the two items share a label; ``alpha`` widens the sigmoid's useful range because the
-      inner product of two tanh vectors lies in ``[-dim, dim]``;
-    * ``Q`` collective quantization loss: ``sum_i |z_i^x - C h_i^x|^2 + |z_i^y - C h_i^y|^2`` with
-      one codebook matrix ``C = [C_1 .. C_M]`` shared by both modalities and one-hot blocks
-      ``h_mi`` (composite / additive quantization);
-    * retrieval: ``AQD(q, i) = -sum_m <z_q, C_m h_mi>`` (inner product, lookup tables).
-
-    Alternating optimisation, as in the paper: the networks by mini-batch SGD (back-propagation
-    of ``L + lambda Q`` with codes and codebooks fixed); the codebooks in closed form
-    (least squares, ``C = (H^T H + 1e-3 I)^{-1} H^T Z`` over both modalities' ``z`` and codes);
-    the codes by ICM, one codebook at a time.
-
-    Code length: ``n_bits = M log2 K``. With the default ``K = 256``: 16 bits -> M = 2,
-    32 -> M = 4, 64 -> M = 8, 128 -> M = 16. Any ``n_bits`` in ``bits_range`` that is a multiple
-    of ``log2 K`` is valid; others raise :class:`InputError` before any work.
-
-    Choices the paper leaves open, and what we chose:
-
-    * networks: the suite's shared :class:`~methods.nets.ImageNet` (on raw pixels CNN-F up to fc7,
-      standing in for the paper's ImageNet-pretrained AlexNet, pretrained only with
-      ``image_weights``; on feature vectors an MLP trunk + fc7) and
-      :class:`~methods.nets.TextNet`, whose last layer is the paper's ``fcb`` bottleneck of
-      ``dim`` units followed by tanh; feature inputs standardised with training statistics,
-      pixels normalised by the weights file's average image or the training images' channel
-      statistics and read batch by batch (every full pass over the images streams);
-    * ``dim = 128`` (the authors' release trains 128-unit bottlenecks); ``alpha = 10 / dim``
-      (maps the inner-product range to ``[-10, 10]``); ``quant_weight = lambda = 0.003`` (the
-      value in the authors' run script); SGD with momentum 0.9 and batch 64 (the release);
-      the image net's last layer at 10x its learning rate (the release); step decay x0.5 every
-      5 epochs; 12 epochs (set by the 60 s Wiki time budget, not tuned);
-    * chosen on a validation split (80/20, seeded) of Wiki's *training* items at 32 bits:
-      learning rates 0.02 (image) / 0.2 (text) over 0.005/0.05 and 0.05/0.5 (I->T 0.265 vs
-      0.213 and 0.246); alpha = 10/dim over alpha = 1 (alpha = 1 saturates the sigmoid and
-      collapsed to the floor, 0.11). On the same split lambda = 0 scored higher than 0.003
-      (0.287/0.248 vs 0.265/0.235 I->T/T->I) and 0.03 or 0.3 lower; we keep the authors'
-      0.003 because lambda = 0 is the two-step CDQ-2 ablation, not CDQ;
-    * pairs for ``L``: every image-text pair inside a mini-batch (batch x batch), both items
-      labeled; the loss is averaged over those pairs;
-    * schedule: epoch 0 trains the networks with ``lambda = 0``; the codebooks are then
-      initialised by k-means on ``M`` disjoint coordinate blocks of all ``z`` of both modalities
-      (block-diagonal ``C``, like product quantization); before every later epoch the codes (ICM,
-      warm-started, ``icm_sweeps`` sweeps) and then ``C`` (closed form) are updated from the
-      ``z`` of all training items computed in eval mode (no dropout); one last code/codebook
-      update follows the last epoch;
-    * encoding a new database item: ICM from the empty sum (greedy first sweep) with
-      ``icm_sweeps`` sweeps, per item, so batch encoding equals one-by-one encoding.
-
-    Partial labels: ``L`` uses only pairs of labeled items; unlabeled items still shape the
-    networks through ``lambda Q`` (their ``z`` is pulled towards its codewords) and take part in
-    every code and codebook update. Masked label rows are never read.
-
-    Deviations from the paper (and additions the paper does not have):
-
-    * CNN-F instead of AlexNet (see networks above);
-    * ``loss="margin"`` is *not* CDQ: it replaces ``L`` by the adaptive margin loss with label
-      embeddings of the same authors' DVSQ (CVPR 2017), for users who want label-embedding
-      supervision: for each labeled item and each (positive label j, negative label k),
-      ``max(0, delta_jk - cos(v_j, z) + cos(v_k, z))`` with ``delta_jk = 1 - cos(v_j, v_k)``,
-      averaged over those triples. ``label_embeddings`` (n_labels x dim) are user supplied
-      (e.g. word2vec of the label names); the default, needing nothing external, is seeded random
-      orthonormal vectors (random unit vectors when n_labels > dim), i.e. every margin is 1;
-    * ``ortho_weight > 0`` adds composite quantization's near-orthogonality penalty
-      ``mu sum_i (sum_{m != m'} <C_m h_mi, C_m' h_m'i> - epsilon)^2`` with a learned ``epsilon``
-      (its closed-form update is the mean inter-codebook term). The paper ranks by inner products,
-      for which the lookup table is exact without it, so the default is 0 (off), as in the
-      authors' release. With it on, the codebook step is the closed-form solution refined by
-      L-BFGS on the penalised objective, and ICM includes the penalty.
+    Objective ``min L + lambda Q`` (equations named, not numbered: see ``docs/methods/cdq.md``):
+    ``L`` adaptive cross-entropy on image-text pairs, ``log(1 + e^(alpha <z_i^x, z_j^y>)) - alpha
+    s_ij <z_i^x, z_j^y>``; ``Q`` collective quantization, ``sum_i |z_i^x - C h_i^x|^2 + |z_i^y -
+    C h_i^y|^2`` with codebooks ``C = [C_1 .. C_M]`` shared by both modalities; retrieval by
+    ``AQD(q, i) = -sum_m <z_q, C_m h_mi>``. Alternating optimisation: the networks by SGD, ``C`` in
+    closed form (``(H^T H + 1e-3 I)^{-1} H^T Z``), the codes by ICM, one codebook at a time.
 
     Parameters
     ----------
-    n_bits : int
-        Code length ``M log2 K``.
-    n_codewords : int
-        K, codewords per codebook (a power of two, >= 2).
-    dim : int
-        Bottleneck (common space) dimension; must be >= M.
-    alpha : float or None
-        Adaptive cross-entropy coefficient; ``None`` means ``10 / dim``.
-    quant_weight : float
-        lambda, weight of the collective quantization loss.
-    n_epochs, batch_size, lr_image, lr_text, lr_decay, decay_every, momentum
-        SGD schedule; the image net's last layer learns at 10 x ``lr_image`` (as the release).
-    icm_sweeps : int
-        ICM sweeps per code update.
-    hidden, dropout : network width and dropout (shared networks; on pixels ``hidden`` is the text
-        side's only, CNN-F's fc6/fc7 being 4096 wide).
-    image_backbone, image_weights, image_size, freeze_backbone :
-        "auto": CNN-F on raw uint8 images (n, H, W, 3), the MLP trunk on feature vectors. Pixels
-        only: weights file, input size (None = the file's or 224), frozen trunk.
-    loss : {"cross_entropy", "margin"}
-        ``"cross_entropy"`` is CDQ; ``"margin"`` is the DVSQ-style label-embedding variant.
-    label_embeddings : array (n_labels, dim) or None
-        Only used by ``loss="margin"``.
-    ortho_weight : float
-        Near-orthogonality penalty weight (0 = off, the paper's setting for inner-product AQD).
-    device : str
-        'cpu', 'cuda', 'cuda:N' or 'auto'.
-    random_state : int or None
+    n_bits : int, ``M log2 K``: a multiple of log2 K in ``bits_range`` (K = 256: 32 bits -> M = 4).
+    n_codewords : int, K, a power of two >= 2.   dim : int, bottleneck dimension, >= M.
+    alpha : float or None, adaptive cross-entropy coefficient (None: ``10 / dim``).
+    quant_weight : float, lambda (the authors' run script: 0.003).
+    n_epochs, batch_size, lr_image, lr_text, lr_decay, decay_every, momentum : SGD with momentum and
+        step decay; the image net's last layer learns at 10 x ``lr_image`` (the authors' release).
+    icm_sweeps : int, ICM sweeps per code update.
+    hidden, dropout : network width (text side only on pixels) and dropout.
+    image_backbone, image_weights, image_size, freeze_backbone : image network. "auto" is CNN-F on
+        raw uint8 images (n, H, W, 3) and the MLP trunk on features; the rest apply to pixels.
+    loss : 'cross_entropy' (CDQ) or 'margin' (DVSQ's adaptive margin loss on ``label_embeddings``,
+        n_labels x dim; default seeded random orthonormal vectors). Not CDQ.
+    ortho_weight : float, composite quantization's near-orthogonality penalty (0 = off, as the paper).
+    device : 'cpu', 'cuda', 'cuda:N' or 'auto'.  random_state : int or None.
+
+    Choices the paper leaves open: pairs of L are all labeled image-text pairs of a batch, averaged;
+    epoch 0 trains the networks alone, then k-means on M coordinate blocks initialises C; codes and
+    C are updated before every later epoch and once after the last; a new database item is encoded
+    by ICM from the empty sum, item by item. Unlabeled items enter Q and every code and codebook
+    update, never L. Learning rates and alpha were chosen on a validation split of Wiki's training
+    items (``docs/methods/cdq.md``).
+
+    Deviations: CNN-F instead of AlexNet (an MLP trunk on feature vectors), pretrained only with
+    ``image_weights``; ``loss="margin"`` and ``ortho_weight > 0`` are additions the paper lacks.
     """
 
     bits_range: ClassVar[tuple[int, int]] = (8, 1024)
@@ -261,7 +183,27 @@ class CDQ(Hasher):
     }
 
     pixel_check_params: ClassVar[dict[str, Any]] = {"image_size": 40, "n_epochs": 2}  # CNN-F, smallest input
-    known_check_failures = {name: _PIXEL_INIT for name in ("pixels_codes_format", "pixels_beats_random_floor")}
+    known_check_failures = {name: PIXEL_INIT_REASON for name in ("pixels_codes_format", "pixels_beats_random_floor")}
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "n_codewords": [Interval(int, 2, None)],
+        "dim": [Interval(int, 1, None)],
+        "alpha": [Interval(float, 0, None, closed="neither"), None],
+        "quant_weight": [Interval(float, 0, None, closed="left")],
+        "n_epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr_image": [Interval(float, 0, None, closed="left")],
+        "lr_text": [Interval(float, 0, None, closed="left")],
+        "lr_decay": [Interval(float, 0, 1, closed="right")],
+        "decay_every": [Interval(int, 1, None)],
+        "momentum": [Interval(float, 0, 1, closed="left")],
+        "icm_sweeps": [Interval(int, 1, None)],
+        "hidden": [Interval(int, 1, None)],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        "loss": [Options({"cross_entropy", "margin"})],
+        "label_embeddings": [np.ndarray, list, tuple, None],  # shape checked against the labels in fit
+        "ortho_weight": [Interval(float, 0, None, closed="left")],
+        **IMAGE_PARAM_CONSTRAINTS,
+    }
 
     def __init__(self, n_bits: int = 32, n_codewords: int = 256, dim: int = 128, alpha: float | None = None,
                  quant_weight: float = 0.003, n_epochs: int = 12, batch_size: int = 64,
@@ -298,38 +240,20 @@ class CDQ(Hasher):
     # ------------------------------------------------------------------------------ validation
     def _validate_params(self) -> tuple[int, int]:
         """Check every parameter before any work; returns (M, bits per codebook)."""
-        check_image_params("CDQ", self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
-        k = self.n_codewords
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2 or (k & (k - 1)):
+        super()._validate_params()
+        check_image_backbone("CDQ", self.image_backbone)
+        k = int(self.n_codewords)
+        if k & (k - 1):
             raise InputError(f"n_codewords={k!r} is invalid; valid: a power of two >= 2 (e.g. 256)")
-        per = int(k).bit_length() - 1
-        bits = self.n_bits
-        lo, hi = self.bits_range
-        if (isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi
-                or bits % per):
+        per = k.bit_length() - 1
+        if self.n_bits % per:
+            lo, hi = self.bits_range
             raise InputError(
-                f"n_bits={bits!r} is not supported by CDQ with n_codewords={k}; valid: a multiple of "
+                f"n_bits={self.n_bits!r} is not supported by CDQ with n_codewords={k}; valid: a multiple of "
                 f"log2(K)={per} in [{lo}, {hi}] (n_bits = M log2 K)")
-        m = int(bits) // per
-        for name in ("dim", "n_epochs", "batch_size", "icm_sweeps", "hidden", "decay_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise InputError(f"{name}={v!r} is invalid; valid: an integer >= 1")
+        m = int(self.n_bits) // per
         if m > self.dim:
             raise InputError(f"dim={self.dim} is smaller than the number of codebooks M={m}; valid: dim >= M")
-        for name in ("quant_weight", "lr_image", "lr_text", "ortho_weight"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not v >= 0 or not math.isfinite(v):
-                raise InputError(f"{name}={v!r} is invalid; valid: a finite number >= 0")
-        if self.alpha is not None and (not isinstance(self.alpha, (int, float, np.floating)) or not self.alpha > 0
-                                       or not math.isfinite(self.alpha)):
-            raise InputError(f"alpha={self.alpha!r} is invalid; valid: None (10/dim) or a finite number > 0")
-        if not (0 <= self.dropout < 1):
-            raise InputError(f"dropout={self.dropout!r} is invalid; valid: [0, 1)")
-        if not (0 < self.lr_decay <= 1) or not (0 <= self.momentum < 1):
-            raise InputError(f"lr_decay={self.lr_decay!r}, momentum={self.momentum!r}; valid: lr_decay in (0, 1], momentum in [0, 1)")
-        if self.loss not in ("cross_entropy", "margin"):
-            raise InputError(f"loss={self.loss!r} is invalid; valid: 'cross_entropy' (CDQ) or 'margin' (DVSQ-style)")
         return m, per
 
     def _label_vectors(self, n_labels: int) -> np.ndarray:
@@ -436,8 +360,7 @@ class CDQ(Hasher):
                         rx = self._reconstruct_t(cb_t, codes_img[rows], k, dev)
                         ry = self._reconstruct_t(cb_t, codes_txt[rows], k, dev)
                         # Collective quantization loss (shared C), mean squared residual per item.
-                        q = ((zx - rx) ** 2).sum(1).mean() + ((zy - ry) ** 2).sum(1).mean()
-                        loss = loss + lam * q
+                        loss = loss + lam * collective_quantization_loss(zx, rx, zy, ry)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -467,10 +390,7 @@ class CDQ(Hasher):
         keep = lab_ok.nonzero().flatten()
         if keep.numel() < 1:
             return zx.sum() * 0.0
-        ip = alpha * (zx[keep] @ zy[keep].T)
-        s = ((lab[keep] @ lab[keep].T) > 0).float()
-        # log(1 + e^t) - s t, written with softplus for stability (no clipping needed).
-        return (torch.nn.functional.softplus(ip) - s * ip).mean()
+        return adaptive_cross_entropy(zx[keep], zy[keep], pair_similarity(lab[keep], lab[keep]), alpha)
 
     @staticmethod
     def _margin(zx, zy, lab, lab_ok, vec, margins):
@@ -478,15 +398,7 @@ class CDQ(Hasher):
         keep = lab_ok.nonzero().flatten()
         if keep.numel() < 1:
             return zx.sum() * 0.0
-        y = lab[keep]
-        pos_neg = y[:, :, None] * (1 - y)[:, None, :]  # (b, L, L): j positive, k negative
-        n_trip = pos_neg.sum().clamp_min(1.0)
-        out = 0.0
-        for z in (zx[keep], zy[keep]):
-            cos = torch.nn.functional.normalize(z, dim=1) @ vec.T  # (b, L)
-            viol = torch.relu(margins[None] - cos[:, :, None] + cos[:, None, :])
-            out = out + (viol * pos_neg).sum() / n_trip
-        return out
+        return label_margin_loss((zx[keep], zy[keep]), lab[keep], vec, margins)
 
     @staticmethod
     def _reconstruct_t(cb_t, idx, k, dev):
@@ -603,6 +515,24 @@ class CDQ(Hasher):
         """The quantised vectors ``sum_m C_m[k_m]`` of database codes (n, dim)."""
         idx = self.database_indices(database_codes)
         return self.codebooks_[np.arange(self.n_codebooks_)[None, :], idx].sum(axis=1)
+
+    def distance_state(self) -> dict[str, np.ndarray]:
+        """What :meth:`distance` needs besides its arguments: the codebooks (M, K, dim)."""
+        self._check_fitted("codebooks_")
+        return {"codebooks": np.asarray(self.codebooks_)}
+
+    def set_distance_state(self, state: dict[str, np.ndarray]) -> "CDQ":
+        """Restore the codebooks of :meth:`distance_state` on an unfitted instance with the fitted one's
+        parameters; then :meth:`distance` ranks exactly as the fitted instance did."""
+        m_books, _ = self._validate_params()
+        books = np.asarray(state.get("codebooks") if isinstance(state, dict) else None)
+        want = (m_books, int(self.n_codewords), int(self.dim))
+        if books.shape != want or books.dtype.kind != "f" or not np.isfinite(books).all():
+            raise InputError(f"distance state: expected finite codebooks of shape {want} for CDQ({self.n_bits} bits, "
+                             f"n_codewords={self.n_codewords}, dim={self.dim}), got shape {books.shape}")
+        self.codebooks_ = books
+        self.n_codebooks_ = m_books
+        return self
 
     def distance(self, queries, database_codes) -> np.ndarray:
         """AQD (n_queries, n_database): minus the inner product of each query z with each database

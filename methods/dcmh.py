@@ -1,35 +1,26 @@
 """DCMH: Deep Cross-Modal Hashing (Jiang & Li, CVPR 2017).
 
 Two networks, ``F = f(X; theta_x)`` (image) and ``G = g(Y; theta_y)`` (text), and one matrix of
-training codes ``B`` are learned by alternating minimisation of
-
-    J = - sum_ij M_ij (S_ij Theta_ij - log(1 + e^Theta_ij))                  (Eq. 1-2, likelihood)
-        + gamma (||B - F||^2 + ||B - G||^2)                                  (quantisation)
-        + eta (||F^T 1||^2 + ||G^T 1||^2),   Theta_ij = 0.5 F_i . G_j        (bit balance)
-
-where ``S_ij = 1`` when items i and j share a label. ``M_ij`` is our addition for partial labels:
-it keeps only the pairs whose two items are both labeled (``M = 1`` everywhere when all labels are
-visible, which is the paper's objective). Rows are items here (the paper stores F, G, B as c x n).
+training codes ``B`` are learned by alternating minimisation of the objective J of Eq. 2
+(:mod:`methods.losses.likelihood`). Notes, validation and measurements: ``docs/methods/dcmh.md``.
 """
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from cmhcore.errors import InputError
+from cmhcore.params import Interval
 from methods.base import Hasher, binarize
-from methods.nets import (Standardizer, TextNet, TrainImages, check_image_input, check_image_params, encode_pixels,
-                          forward_in_batches, is_pixels_input, make_image_net, optimizer, pixel_train_images,
-                          resolve_device, resolve_image_backbone, seeded)
+from methods.losses.likelihood import dcmh_batch_loss, dcmh_objective, pair_similarity
+from methods.nets import (IMAGE_PARAM_CONSTRAINTS, PIXEL_INIT_REASON, Standardizer, TextNet, TrainImages,
+                          check_image_backbone, check_image_input, encode_pixels, encode_with, is_pixels_input,
+                          make_image_net, optimizer, pixel_train_images, resolve_device, resolve_image_backbone,
+                          seeded)
 
-__all__ = ["DCMH", "dcmh_objective", "dcmh_update_codes", "dcmh_batch_loss", "pair_similarity", "encode_with", "check_number"]
-
-
-def pair_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
-    """S_ij = 1 when row i of ``labels_a`` and row j of ``labels_b`` share at least one label."""
-    return (labels_a @ labels_b.T > 0).to(labels_a.dtype)
+__all__ = ["DCMH", "dcmh_update_codes"]
 
 
 def dcmh_update_codes(F: torch.Tensor, G: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -38,197 +29,59 @@ def dcmh_update_codes(F: torch.Tensor, G: torch.Tensor, gamma: float) -> torch.T
     return torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v))
 
 
-def _pair_terms(theta: torch.Tensor, S: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    # log(1 + e^Theta) - S Theta, summed over visible pairs; softplus avoids overflow of e^Theta.
-    terms = torch.nn.functional.softplus(theta) - S * theta
-    return (terms if mask is None else mask * terms).sum()
-
-
-def dcmh_objective(F, G, B, S, mask, gamma: float, eta: float, chunk: int = 1024) -> float:
-    """The full objective J of Eq. 2 over all training items (rows of F, G, B), as a float.
-
-    ``S`` and ``mask`` may be callables ``(rows) -> (len(rows), n)`` so that an n x n matrix is
-    never formed for large n; dense matrices are accepted for small cases and tests.
-    """
-    n = F.shape[0]
-    pair = 0.0
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        theta = 0.5 * F[rows] @ G.T
-        s = S(rows) if callable(S) else S[rows]
-        m = mask(rows) if callable(mask) else mask[rows]
-        pair += float(_pair_terms(theta, s, m))
-    quant = float(((B - F) ** 2).sum() + ((B - G) ** 2).sum())
-    balance = float((F.sum(0) ** 2).sum() + (G.sum(0) ** 2).sum())
-    return pair + gamma * quant + eta * balance
-
-
-def dcmh_batch_loss(out_b: torch.Tensor, idx: torch.Tensor, own: torch.Tensor, other: torch.Tensor,
-                    B: torch.Tensor, S_b: torch.Tensor, mask_b: torch.Tensor | None, gamma: float, eta: float,
-                    cols: torch.Tensor | None = None) -> torch.Tensor:
-    """The part of J that depends on one mini-batch of one network's outputs, unnormalised.
-
-    ``out_b`` are the batch outputs (with grad) of the network being trained; ``own`` is that
-    network's output buffer over all n items (F or G, already holding ``out_b`` detached at
-    ``idx``); ``other`` is the other network's buffer. Its gradient w.r.t. ``out_b[k]`` is Eq. 3
-    (image step) or Eq. 4 (text step): 0.5 sum_j M (sigma(Theta) - S) other_j + 2 gamma (out - B)
-    + 2 eta own^T 1.
-
-    ``cols`` (optional) restricts the pairwise sum to those items of ``other``; ``S_b`` and ``mask_b``
-    then have one column per entry of ``cols``. Leaving out items whose every pair is masked (the
-    unlabeled ones) is exact and saves their share of the pairwise work (91 % of it at 70 % masking).
-    ``mask_b`` may be ``None`` (every pair visible) or broadcastable, e.g. one column per batch row.
-    """
-    theta = 0.5 * out_b @ (other if cols is None else other[cols]).T
-    pair = _pair_terms(theta, S_b, mask_b)
-    quant = ((B[idx] - out_b) ** 2).sum()
-    # Column sums over the items outside the batch are constants of this step.
-    rest = own.sum(0) - own[idx].sum(0)
-    balance = ((out_b.sum(0) + rest) ** 2).sum()
-    return pair + gamma * quant + eta * balance
-
-
-def encode_with(net: torch.nn.Module, scaler: Standardizer, x, device: torch.device, n_bits: int) -> np.ndarray:
-    """Codes of rows ``x`` (dense or sparse) through a fitted scaler and network."""
-    if x.shape[0] == 0:
-        return np.zeros((0, n_bits), dtype=np.int8)
-    return binarize(forward_in_batches(net, x, device, transform=scaler.transform))
-
-
-def check_number(name, value, lo=None, hi=None, integer=False, lo_open=False):
-    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi
-    if not ok:
-        what = "an integer" if integer else "a finite number"
-        bounds = []
-        if lo is not None:
-            bounds.append(f"{'>' if lo_open else '>='} {lo}")
-        if hi is not None:
-            bounds.append(f"< {hi}")
-        raise InputError(f"{name}={value!r} is invalid; valid: {what}{' ' + ' and '.join(bounds) if bounds else ''}")
-
-
-# Why the pixel checks of the deep methods fail at the checks' budget (methods.checks, pixels_*).
-_PIXEL_INIT = ("CNN-F trained from scratch (no pretrained weights offline): its ReLU features share a large "
-               "common part across images (fc7 mean ~0.4, spread ~0.15 at He init), so the pixel check's few "
-               "training steps end before the image codes separate the images")
-
-
 class DCMH(Hasher):
     """Deep Cross-Modal Hashing (Jiang & Li, CVPR 2017), on raw pixels (CNN-F) or feature vectors.
 
+    Objective (Eq. 2; rows are items), minimised by alternating an F-step (Eq. 3), a G-step (Eq. 4)
+    and the B-step ``B = sign(gamma (F + G))`` (Eq. 5-6)::
+
+        J = sum_ij M_ij (log(1 + e^Theta_ij) - S_ij Theta_ij) + gamma (||B - F||^2 + ||B - G||^2)
+            + eta (||F^T 1||^2 + ||G^T 1||^2),   Theta_ij = 0.5 F_i . G_j   (Eq. 1-2)
+
     Parameters
     ----------
-    n_bits : int
-        Code length c.
-    gamma, eta : float
-        Weights of the quantisation and bit-balance terms (paper: 1 and 1).
-    epochs : int
-        Outer iterations of Algorithm 1 (paper: 500). See "Cost and convergence" below.
-    batch_size : int
-        Mini-batch size (paper: 128).
-    lr_start, lr_end : float
-        Learning rate of the first and of the last epoch, log-spaced in between (the authors'
-        code: ``logspace(-1.5, -3, epochs)``).
-    weight_decay : float
-        L2 weight decay of SGD (the authors' code: 5e-4).
-    image_hidden, text_hidden : int
-        Width of the image FC layers and of the text layer full1: 4096 (CNN-F's full6/full7) and
-        8192 (the authors' code), the paper's. See "Network widths" below. ``image_hidden``
-        applies to the feature-vector network only (CNN-F's fc6/fc7 are 4096 wide).
-    image_backbone, image_weights, image_size, freeze_backbone :
-        Image network: "auto" is the paper's CNN-F (then fc8 = c) on raw uint8 images (n, H, W, 3)
-        and the MLP stand-in on feature vectors. On pixels: the weights file (``imagenet-vgg-f.mat``,
-        as the authors start from), input size (None = the file's or 224), frozen trunk (default:
-        fine-tuned, as in the paper); normalised by the file's average image or, from scratch, by
-        the training images' channel statistics; read batch by batch. Ignored on feature vectors.
-    dropout : float
-        Dropout on the image FC layers.
-    device : str
-        'cpu', 'cuda', 'cuda:N' or 'auto'.
-    random_state : int or None
-        Seed of the initialisation, dropout and mini-batch order.
+    n_bits : int, code length c.
+    gamma, eta : float, weights of the quantisation and bit-balance terms (paper: 1 and 1).
+    epochs, batch_size : int, outer iterations of Algorithm 1 and mini-batch size (paper: 500, 128).
+    lr_start, lr_end : float, learning rates of the first and last epoch, log-spaced in between
+        (the authors' code: ``logspace(-1.5, -3, epochs)``).
+    weight_decay : float, SGD's L2 weight decay (the authors' code: 5e-4).
+    image_hidden, text_hidden : int, widths of the image FC layers (feature inputs only; CNN-F's
+        fc6/fc7 are 4096) and of the text layer full1 (paper: 4096 and 8192).
+    image_backbone, image_weights, image_size, freeze_backbone : image network. "auto" is CNN-F on
+        raw uint8 images (n, H, W, 3) and the MLP stand-in on features; weights file, input size
+        and frozen trunk apply to pixels only.
+    dropout : float, dropout of the image FC layers.
+    device : 'cpu', 'cuda', 'cuda:N' or 'auto'.  random_state : int or None.
 
-    Choices the paper leaves open, and ours
-    ---------------------------------------
-    * Image network on feature vectors: CNN-F's convolutional trunk is replaced by the shared
-      ``nets.ImageNet`` MLP stand-in (identity output);
-      inputs of both modalities are standardised with training statistics (``nets.Standardizer``).
-    * Image network widths: the stand-in keeps CNN-F's fully connected part (feature -> 4096 -> 4096
-      -> c); only the convolutional trunk is missing.
-    * Text network: the shared ``nets.TextNet`` (BoW -> full1, ReLU -> full2 = c, identity) with
-      8192 units and no dropout, as in the authors' code.
-    * Mini-batches: each epoch visits every training item once per network, in a random order
-      (the authors' code draws an independent random batch at every iteration).
-    * The buffers F and G start as N(0, 1) draws, as in the authors' TensorFlow code; B starts as
-      sign(gamma (F + G)). Each buffer row is overwritten by the network output when its item is
-      visited.
-    * Order within an epoch: F-step (image, Eq. 3), G-step (text, Eq. 4), B-step (Eq. 5-6).
-    * Optimiser: plain SGD, each step's loss divided by n * batch size (the authors' code). Only
-      the batch's terms of J are differentiated: the pairwise sum runs over the batch rows
-      against all n columns (the labeled ones, see below), the mini-batch reading of Eq. 3-4.
-    * Partial labels: S_ij is defined only when both items are labeled, so the likelihood term
-      keeps only labeled-labeled pairs (mask M). Unlabeled items stay in F, G and B: they are
-      trained by the quantisation and bit-balance terms alone and count in the balance sums.
-    * No evaluation on query data during training (public ports compute query MAP every epoch);
-      ``loss_history_`` records J of Eq. 2 on the training items after the first epoch, every
-      ``history_every`` (10) epochs and the last (``extras_["loss_history_epochs"]`` says which).
-      J sums over all n^2 pairs, so recording it every epoch cost 18 % of a Wiki run at RDCMH's
-      widths (48 of 266 ms per epoch) and ~1 s per epoch at MIRFlickr size.
+    Choices the paper leaves open: ``M_ij`` keeps only pairs of two labeled items (partial labels;
+    ``M = 1`` with all labels visible); the buffers F and G start as N(0, 1) draws (the authors'
+    code); each epoch visits every item once per network in a random order; each step's loss is
+    divided by n * batch size (the authors' code); features are standardised with training
+    statistics. ``loss_history_`` holds J after the first epoch, every ``history_every`` epochs and
+    the last (``extras_["loss_history_epochs"]``).
 
-    Network widths
-    --------------
-    The paper's: 4096 and 8192. The networks are the shared ``nets`` modules that RDCMH also uses, so
-    DCMH and RDCMH differ by method and width, not by plumbing. An earlier default used RDCMH's
-    widths (1024 / 4096), chosen on a validation split of Wiki's training items where they beat the
-    paper's (``validation_selection``: 500 epochs, 3 seeds). That split made 14 SGD steps per epoch
-    instead of the benchmark's 17, and DCMH's outcome hinges on its step count (below). With the
-    steps matched (``scripts/validate.py --match-steps``: 607 epochs on the 1738 fit items, 5 seeds)
-    the paper's widths were the better ones on the mean of both directions (I->T 0.145 vs 0.152,
-    T->I 0.182 vs 0.136). Validation is thus split on the width and no deviation from the paper is
-    warranted. Disclosure: query MAP at RDCMH's widths (near the random floor) is what prompted
-    the matched check; the width itself rests on the paper and the matched validation.
-    The narrower networks remain a parameter: ``image_hidden=1024, text_hidden=4096`` (~6x cheaper).
-
-    Deviations
-    ----------
-    * CNN-F is pretrained only when ``image_weights`` is given. The learning-rate schedule, weight decay and loss scaling
-      come from the authors' public code; the paper does not state them.
-    * Initialisation: torch's default for every layer. The authors' code draws the layers it trains
-      from scratch (text full1 and full2, image fc8) from N(0, 0.01^2) and starts the rest of the
-      image network from pretrained CNN-F. We have no pretrained trunk; with their small init on our
-      randomly initialised stand-in, the objective stays at its F = G = 0 saddle value for the whole
-      schedule (no late jumps either). Validation, matched steps, 16 bits, seeds 0-1, paper widths:
-      0.187 / 0.159 and 0.189 / 0.157 with their init, against 0.162 / 0.177 and 0.195 / 0.233 with
-      torch's (2 CPU runs of ~22 min each; not enough to choose on, so the default is unchanged).
-
-    Cost and convergence
-    --------------------
-    With the loss scaled by 1/(n b), plain SGD is badly conditioned here: the bit-balance term
-    acts on the common mode of every output (through the positive mean of the ReLU features) and
-    caps the stable learning rate, while the pairwise term moves the outputs away from the
-    F = G = 0 saddle slowly, so the method needs the paper's full schedule. With it (500 epochs,
-    ~8,500 steps per network on Wiki) it learns, though unevenly between runs (README: Wiki, 3 seeds).
-    Its training objective J (``loss_history_``) stays close to its value at the saddle
-    (n^2 log 2 + 2 n c) and is unstable under these SGD settings on feature inputs. At RDCMH's
-    widths, every one of 72 Wiki runs (36 CPU, 36 GPU) had J jump 10^3-10^5-fold around epoch 430
-    of 500 and fall back by the end. At the paper's widths, 21 of 24 GPU runs jumped more than
-    10-fold, mostly in the last epochs. We keep the authors' schedule and report this rather than
-    add gradient clipping or a new schedule.
-    Shortened schedules stay near the floor or land erratically between runs, and on small training
-    sets (the common checks' 300 items: 3 steps per epoch) the method stays near the random floor,
-    which is why ``beats_random_floor`` is a declared known failure. The paper's schedule at the
-    paper's widths costs ~11 min per Wiki run on 2 CPU cores and ~2 h at MIRFlickr training size
-    (scripts/bench_deep.py); use ``device="cuda"`` where a GPU is at hand (H200: ~50 s per Wiki run
-    with five runs sharing it).
+    Deviations: on feature vectors an MLP stands in for CNN-F's convolutional trunk; CNN-F is
+    pretrained only with ``image_weights``; torch's default layer initialisation. Under the
+    authors' SGD schedule J is unstable late in training (``docs/methods/dcmh.md``).
     """
 
     needs_labels = True
     accepts_pixels = True
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "gamma": [Interval(float, 0, None, closed="left")],
+        "eta": [Interval(float, 0, None, closed="left")],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr_start": [Interval(float, 0, None, closed="neither")],
+        "lr_end": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0, None, closed="left")],
+        "image_hidden": [Interval(int, 1, None)],
+        "text_hidden": [Interval(int, 1, None)],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        **IMAGE_PARAM_CONSTRAINTS,
+    }
+
     # How the default widths were chosen (runners record this with results); scripts/validate.py.
     validation_selection = {
         "protocol": "wiki train 2173 -> 1738 fit/database + 435 validation queries (scripts/validate.py, "
@@ -257,7 +110,7 @@ class DCMH(Hasher):
     history_every = 10  # epochs between two evaluations of the full objective J (monitoring only)
     check_params = {"epochs": 3, "image_hidden": 32, "text_hidden": 32}
     known_check_failures = {
-        **{name: _PIXEL_INIT for name in ("pixels_codes_format", "pixels_beats_random_floor")},
+        **{name: PIXEL_INIT_REASON for name in ("pixels_codes_format", "pixels_beats_random_floor")},
         "beats_random_floor": (
             "with the paper's SGD settings DCMH needs ~10^4 steps to leave the F = G = 0 saddle; the "
             "300-item check data gives 3 steps per epoch (measured: MAP within 0.03 of the floor even "
@@ -290,17 +143,8 @@ class DCMH(Hasher):
         self.random_state = random_state
 
     def _validate_params(self) -> torch.device:
-        check_image_params("DCMH", self.image_backbone, self.image_weights, self.image_size, self.freeze_backbone)
-        check_number("gamma", self.gamma, lo=0)
-        check_number("eta", self.eta, lo=0)
-        check_number("epochs", self.epochs, lo=1, integer=True)
-        check_number("batch_size", self.batch_size, lo=1, integer=True)
-        check_number("lr_start", self.lr_start, lo=0, lo_open=True)
-        check_number("lr_end", self.lr_end, lo=0, lo_open=True)
-        check_number("weight_decay", self.weight_decay, lo=0)
-        check_number("image_hidden", self.image_hidden, lo=1, integer=True)
-        check_number("text_hidden", self.text_hidden, lo=1, integer=True)
-        check_number("dropout", self.dropout, lo=0, hi=1)
+        super()._validate_params()
+        check_image_backbone("DCMH", self.image_backbone)
         return resolve_device(self.device)
 
     def fit(self, image, text, labels, labeled=None) -> "DCMH":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods.cdq import (CDQ, _icm, aqd_inner, inter_codebook_products, pack_indices,
                          unpack_indices)
 
@@ -170,7 +170,7 @@ def test_icm_penalty_pulls_codes_towards_epsilon():
 
 
 # ---------------------------------------------------------------------------------------- losses
-def test_cross_entropy_loss_equals_the_formula_on_labeled_pairs_only():
+def test_cross_entropy_uses_labeled_pairs_only():
     zx = torch.tensor([[0.5, -1.0], [1.0, 1.0], [0.2, 0.3]])
     zy = torch.tensor([[1.0, 0.0], [-0.5, 0.5], [0.9, -0.1]])
     lab = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -182,23 +182,8 @@ def test_cross_entropy_loss_equals_the_formula_on_labeled_pairs_only():
             t = alpha * float(zx[i] @ zy[j])
             s = float((lab[i] @ lab[j]) > 0)
             want += math.log1p(math.exp(t)) - s * t
-    got = CDQ._cross_entropy(zx, zy, lab, ok, alpha)
-    assert float(got) == pytest.approx(want / 4, rel=1e-6)
-
-
-def test_margin_loss_equals_the_formula():
-    vec = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
-    margins = 1.0 - vec @ vec.T
-    zx = torch.tensor([[0.3, 1.0]])
-    zy = torch.tensor([[1.0, -0.2]])
-    lab = torch.tensor([[1.0, 1.0, 0.0]])  # positives 0, 1; negative 2
-    want = 0.0
-    for z in (zx[0], zy[0]):
-        cos = [float(vec[c] @ z / z.norm()) for c in range(3)]
-        for j in (0, 1):
-            want += max(0.0, float(margins[j, 2]) - cos[j] + cos[2]) / 2
-    got = CDQ._margin(zx, zy, lab, torch.tensor([True]), vec, margins)
-    assert float(got) == pytest.approx(want, rel=1e-6)
+    assert float(CDQ._cross_entropy(zx, zy, lab, ok, alpha)) == pytest.approx(want / 4, rel=1e-6)
+    assert float(CDQ._cross_entropy(zx, zy, lab, torch.zeros(3, dtype=torch.bool), alpha)) == 0.0
 
 
 def test_margin_variant_fits_and_checks_embeddings():
@@ -217,6 +202,10 @@ def test_margin_variant_fits_and_checks_embeddings():
     (dict(n_bits=16, dim=1), "dim=1"),                  # fewer dimensions than codebooks
     (dict(n_bits=16, loss="hinge"), "loss"),
     (dict(n_bits=16, alpha=-1.0), "alpha"),
+    (dict(n_bits=16, n_codewords=1), "n_codewords"),
+    (dict(n_bits=16, lr_decay=0.0), "lr_decay"),
+    (dict(n_bits=16, icm_sweeps=True), "icm_sweeps"),
+    (dict(n_bits=16, label_embeddings="word2vec"), "label_embeddings"),
 ])
 def test_invalid_parameters_raise_one_line_before_work(params, match):
     img, txt, lab = _toy(n=20)
@@ -237,3 +226,35 @@ def test_distance_rejects_foreign_inputs(fitted):
         h.distance(np.zeros((2, 3)), codes)
     with pytest.raises(InputError, match="database_codes"):
         h.distance(h.query_image(img[:2]), codes[:, :4])
+
+
+# -------------------------------------------------------------------------------- distance state
+def test_restored_distance_state_ranks_exactly_like_the_fitted_model(fitted):
+    """Rescoring without refitting: a fresh instance from the recorded parameters plus the distance
+    state gives the fitted model's distances bit for bit, hence the same ranking."""
+    h, img, txt, _ = fitted
+    state = h.distance_state()
+    assert set(state) == {"codebooks"} and state["codebooks"].shape == (h.n_codebooks_, 16, 16)
+    fresh = CDQ(**h.get_params())
+    with pytest.raises(InputError, match="not fitted"):
+        fresh.distance(h.query_image(img[:3]), h.encode_text(txt[:5]))
+    # The state travels as plain arrays (as in a codes file): a copy, not the fitted object's own.
+    assert fresh.set_distance_state({k: np.array(v) for k, v in state.items()}) is fresh
+    for queries, database in ((h.query_image(img[:20]), h.encode_text(txt)), (h.query_text(txt[:20]), h.encode_image(img))):
+        want = h.distance(queries, database)
+        got = fresh.distance(queries, database)
+        assert np.array_equal(got, want)
+        assert np.array_equal(np.argsort(got, axis=1, kind="stable"), np.argsort(want, axis=1, kind="stable"))
+    # The ranking depends on the state: other codebooks rank differently (the check above can fail).
+    other = CDQ(**h.get_params()).set_distance_state({"codebooks": state["codebooks"][:, ::-1].copy()})
+    assert not np.array_equal(other.distance(h.query_image(img[:20]), h.encode_text(txt)),
+                              h.distance(h.query_image(img[:20]), h.encode_text(txt)))
+
+
+def test_distance_state_of_the_wrong_shape_is_refused_in_one_line(fitted):
+    h = fitted[0]
+    books = h.distance_state()["codebooks"]
+    for bad in ({"codebooks": books[:1]}, {}, {"codebooks": np.full(books.shape, np.nan)}):
+        with pytest.raises(InputError, match="distance state") as err:
+            CDQ(**h.get_params()).set_distance_state(bad)
+        assert "\n" not in str(err.value)

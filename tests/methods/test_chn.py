@@ -1,60 +1,13 @@
-"""CHN: the structured max-margin losses against hand computations, and the use of labeled items only."""
+"""CHN: fitting on labeled items only, tanh codes and parameter checks (the losses:
+tests/methods/losses/test_margin.py)."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import InputError
-from methods.chn import CHN, bitwise_margin_loss, chn_losses, cosine_margin_loss
-
-
-def _t(x):
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))
-
-
-# Three items: two of class A, one of class B.
-LABELS = _t([[1, 0], [1, 0], [0, 1]])
-A = np.array([1, 1, -1, 1, -1, -1, 1, 1.0])
-
-
-@pytest.mark.parametrize("balanced", [False, True])
-def test_losses_are_zero_for_perfectly_separated_codes(balanced):
-    # Similar pairs share a code (cos = 1 >= mu_c); dissimilar ones are opposite (cos = -1 <= -mu_c);
-    # every bit is +-1, so |h| >= mu_q everywhere.
-    codes = _t(np.stack([A, A, -A]))
-    pair, quant = chn_losses(codes, codes, LABELS, LABELS, 0.5, 0.5, balanced)
-    assert float(pair) == 0.0 and float(quant) == 0.0
-    # Continuous codes past both margins also cost nothing: the loss is a max-margin loss, not a regression.
-    soft = _t(np.stack([0.6 * A, 0.7 * A, -0.9 * A]))
-    pair, quant = chn_losses(soft, soft, LABELS, LABELS, 0.5, 0.5, balanced)
-    assert float(pair) == 0.0 and float(quant) == 0.0
-
-
-def test_cosine_loss_is_positive_and_equals_hand_value_otherwise():
-    rng = np.random.default_rng(0)
-    u, v = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
-    s = np.where(LABELS.numpy() @ LABELS.numpy().T > 0, 1.0, -1.0)
-    cos = (u @ v.T) / np.outer(np.linalg.norm(u, axis=1), np.linalg.norm(v, axis=1))
-    hinge = np.maximum(0.0, 0.5 - s * cos)
-    got = float(cosine_margin_loss(_t(u), _t(v), _t(s), 0.5))
-    assert got > 0 and got == pytest.approx(hinge.mean(), rel=1e-12)
-    balanced = float(cosine_margin_loss(_t(u), _t(v), _t(s), 0.5, balanced=True))
-    assert balanced == pytest.approx(0.5 * hinge[s > 0].mean() + 0.5 * hinge[s < 0].mean(), rel=1e-12)
-
-
-def test_a_dissimilar_pair_inside_the_margin_is_penalised():
-    # Opposite classes whose codes are orthogonal (cos 0 > -mu_c): each of the 4 such pairs costs 0.5.
-    b = A.copy()
-    b[:4] *= -1  # orthogonal to A
-    codes = _t(np.stack([A, A, b]))
-    pair, quant = chn_losses(codes, codes, LABELS, LABELS, 0.5, 0.5)
-    assert float(pair) == pytest.approx(4 * 0.5 / 9) and float(quant) == 0.0
-
-
-def test_bitwise_loss_penalises_bits_near_zero_only():
-    h = _t([[0.9, -0.2, 0.5, 0.0], [-0.7, 0.4, -0.6, 1.0]])
-    expected = np.array([[0, 0.3, 0, 0.5], [0, 0.1, 0, 0]]).mean()
-    assert float(bitwise_margin_loss(h, 0.5)) == pytest.approx(expected)
-    assert float(bitwise_margin_loss(torch.sign(h) + (h == 0), 0.5)) == 0.0
+from cmhcore.errors import InputError
+from methods.chn import CHN
 
 
 def _data(seed=0, n=160):
@@ -106,9 +59,21 @@ def test_codes_are_signs_of_the_hashing_layer():
     ({"quant_weight": float("nan")}, "quant_weight"),
     ({"momentum": 1.0}, "momentum"),
     ({"epochs": 0}, "epochs"),
+    ({"lr": 0}, "lr"),
+    ({"freeze_backbone": "yes"}, "freeze_backbone"),
 ])
 def test_bad_parameters_fail_in_one_line(params, match):
     img, txt, lab = _data(n=20)
     with pytest.raises(InputError, match=match) as err:
         CHN(**{**CHN.check_params, **params}).fit(img, txt, lab)
     assert "\n" not in str(err.value)
+
+
+def test_chn_uses_no_other_method_s_module():
+    """Shared helpers come from methods.nets and methods.losses, never from another method's file."""
+    import ast
+
+    tree = ast.parse(open(importlib.import_module("methods.chn").__file__).read())
+    sources = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    others = {"methods.dcmh", "methods.cdq", "methods.rdcmh", "methods.scm", "methods.cmssh", "methods.seph"}
+    assert not sources & others
