@@ -198,9 +198,11 @@ def _short_repr(value) -> str:
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
-def check_params(owner: str, params: Mapping[str, Any], constraints: Mapping[str, list]) -> None:
+def check_params(owner: str, params: Mapping[str, Any], constraints: Mapping[str, list], *,
+                 kind: str = "parameter") -> None:
     """Check every parameter of ``params`` that ``constraints`` names; raise one InputError line for
-    the first that satisfies none of its forms.
+    the first that satisfies none of its forms (``"<owner> <kind> <name>=<value> is invalid; valid: ..."``;
+    datasets pass ``kind="option"``).
 
     Parameters absent from ``constraints`` are not checked here. A constraint naming a parameter
     that ``params`` lacks is a programming error (``TypeError``), so a renamed parameter cannot
@@ -213,7 +215,7 @@ def check_params(owner: str, params: Mapping[str, Any], constraints: Mapping[str
         value = params[name]
         if not any(satisfies(value, form) for form in forms):
             valid = " or ".join(describe(form) for form in forms) or "nothing"
-            raise InputError(f"{owner} parameter {name}={_short_repr(value)} is invalid; valid: {valid}")
+            raise InputError(f"{owner} {kind} {name}={_short_repr(value)} is invalid; valid: {valid}")
 
 
 class _NotValid:

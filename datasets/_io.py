@@ -2,14 +2,14 @@
 
 Finding files under a data root, reading MATLAB (v4/v5 through scipy, v7.3/HDF5 through h5py when it
 is installed), NumPy and whitespace-separated text matrices, and checking what was read. Every problem
-surfaces as a one-line :class:`~benchmark.errors.DataFileError` that names the file, before the
+surfaces as a one-line :class:`~cmhcore.errors.DataFileError` that names the file, before the
 loader does any further work.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.io
@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from cmhcore.errors import DataFileError, InputError
 
 __all__ = [
-    "check_options", "declared_options", "check_declared_options", "check_int", "search_dirs", "find_file", "try_find_file", "mat_kind",
+    "DATA_ROOT_ENV", "resolve_data_root", "search_dirs", "find_file", "try_find_file", "mat_kind",
     "mat_variable_names", "read_mat", "read_array_file", "read_text_matrix", "as_labels", "as_text",
     "as_features", "as_pixels", "as_image", "read_raw_images",
 ]
@@ -28,62 +28,22 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MATLAB_META = ("__header__", "__version__", "__globals__")
 
 
-# ---------------------------------------------------------------- options and paths
+# ---------------------------------------------------------------- paths
 
-def check_options(dataset: str, options: dict, allowed: Iterable[str]) -> None:
-    """Unknown keyword options are an input error (a typo must not silently change the protocol)."""
-    allowed = sorted(allowed)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) if allowed else "none"
-        raise InputError(f"{dataset}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
+DATA_ROOT_ENV = "CMH_DATA_ROOT"
 
 
-def declared_options(dataset: str) -> tuple[str, ...] | None:
-    """The options a dataset accepts: its loader module's ``OPTIONS`` (else its loader's keyword
-    parameters) plus the image-feature options (:data:`datasets.features.FEATURE_OPTIONS`) unless the
-    module declares ``PIXELS = False``; None when the loader takes ``**options`` and declares nothing
-    (then they cannot be checked up front)."""
-    import importlib
-    import inspect
-
-    import datasets
-    from datasets.features import FEATURE_OPTIONS
-
-    if dataset not in datasets.LOADERS:
-        raise InputError(f"unknown dataset {dataset!r}; valid: {', '.join(datasets.LOADERS)}")
-    module_name, loader_name, _ = datasets.LOADERS[dataset]
-    module = importlib.import_module(module_name)
-    declared = getattr(module, "OPTIONS", None)
-    if declared is None:
-        params = inspect.signature(getattr(module, loader_name)).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return None
-        declared = [p.name for p in params if p.name != "data_root"]
-    features = FEATURE_OPTIONS if getattr(module, "PIXELS", True) else ()
-    return tuple(dict.fromkeys([*declared, *features]))
-
-
-def check_declared_options(dataset: str, options: dict) -> None:
-    """Unknown options of a registered dataset are an InputError naming the valid ones, before any work."""
-    valid = declared_options(dataset)
-    if valid is not None:
-        check_options(dataset, options, valid)
-
-
-def check_int(dataset: str, name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InputError(f"{dataset}: {name}={value!r} is invalid; valid: an integer >= {lo}")
-    return int(value)
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The argument, else ``$CMH_DATA_ROOT``, else ``./data``."""
+    if data_root is not None:
+        return Path(data_root)
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env) if env else Path("data")
 
 
 def search_dirs(data_root, *subdirs: str) -> list[Path]:
     """The data root itself, then the given sub-folders of it (the layouts people actually use)."""
-    if data_root is None:
-        from datasets import resolve_data_root  # late import: datasets/__init__ imports nothing from here
-
-        data_root = resolve_data_root(None)
-    root = Path(data_root)
+    root = resolve_data_root(data_root)
     return [root] + [root / s for s in subdirs]
 
 

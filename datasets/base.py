@@ -18,7 +18,8 @@ import scipy.sparse as sp
 
 from cmhcore.errors import DataFileError, InputError
 
-__all__ = ["Dataset", "Protocol", "MaskedLabels", "mask_labels", "random_protocol", "file_checksum"]
+__all__ = ["Dataset", "Protocol", "MaskedLabels", "mask_labels", "random_protocol", "file_checksum",
+           "without_training_items", "read_index_file"]
 
 
 def file_checksum(*paths: Path | str) -> str:
@@ -208,6 +209,25 @@ def random_protocol(name: str, n_items: int, n_query: int, n_train: int, seed: i
     database = np.sort(perm[n_query:n_query + n_database])
     train = np.sort(rng.choice(database, size=n_train, replace=False))
     return Protocol(name, seed, query, database, train)
+
+
+def without_training_items(protocol: Protocol, name: str) -> Protocol:
+    """The same queries and training set with the training items taken out of the database: a protocol
+    whose database holds no item a method was fitted on (``train_in_database`` is False)."""
+    database = np.setdiff1d(protocol.database, protocol.train)
+    return Protocol(name, protocol.seed, protocol.query, database, protocol.train)
+
+
+def read_index_file(owner: str, path: Path, *, low: int, high: int, how_to_fix: str) -> np.ndarray:
+    """Sorted, distinct item indices in ``[low, high)`` stored one per line (a stored split); a missing or
+    malformed file is one DataFileError line naming it."""
+    try:
+        idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{owner}: cannot read the stored split {path} ({type(exc).__name__}); {how_to_fix}") from None
+    if idx.size == 0 or np.any(np.diff(idx) <= 0) or idx[0] < low or idx[-1] >= high:
+        raise DataFileError(f"{owner}: {path} must hold increasing item indices in [{low}, {high}); {how_to_fix}")
+    return idx
 
 
 @dataclass(frozen=True, eq=False)

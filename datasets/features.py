@@ -32,10 +32,11 @@ from typing import Any, Callable
 import numpy as np
 
 from cmhcore.errors import InputError
+from cmhcore.params import Interval, Options
 from datasets import gist as gist_mod
 from datasets.base import Dataset, file_checksum
 
-__all__ = ["FEATURE_EXTRACTORS", "FEATURE_OPTIONS", "CACHE_ENV", "GistExtractor", "CnnfFc7Extractor",
+__all__ = ["FEATURE_EXTRACTORS", "FEATURE_OPTIONS", "FEATURE_OPTION_CONSTRAINTS", "CACHE_ENV", "GistExtractor", "CnnfFc7Extractor",
            "make_extractor", "split_feature_options", "feature_status", "resolve_cache_dir", "cache_key",
            "extract_features", "apply_image_features"]
 
@@ -43,6 +44,15 @@ CACHE_ENV = "CMH_CACHE_DIR"
 FEATURE_EXTRACTORS = ("gist", "cnnf-fc7")
 # Dataset options that belong to the extractor, not to the dataset's loader.
 FEATURE_OPTIONS = ("image_features", "image_weights", "gist_size", "cnnf_size", "feature_device")
+# Their forms, merged into every pixel dataset's options by datasets.check_options. The extractor
+# classes still check the values they are built with (they are also built directly).
+FEATURE_OPTION_CONSTRAINTS: dict[str, list] = {
+    "image_features": [Options(FEATURE_EXTRACTORS)],
+    "image_weights": [str, os.PathLike, None],
+    "gist_size": [Interval(int, 8, None, closed="left")],
+    "cnnf_size": [Interval(int, 32, None, closed="left"), None],
+    "feature_device": [Options({"auto", "cpu", "cuda"})],
+}
 _EXTRACTOR_OF = {"gist_size": "gist", "image_weights": "cnnf-fc7", "cnnf_size": "cnnf-fc7",
                  "feature_device": "cnnf-fc7"}
 _N_FINGERPRINT = 8  # images sampled into the key: the same files read with other options give other pixels

@@ -13,7 +13,8 @@ Files, looked for in the data root and in ``<data root>/mirflickr25k`` (or ``MIR
   ``.npy`` and v7.3 files, so the 3 GB image set is never copied into memory by the loader.
 
 Protocol (DCMH): 2000 random queries, the other 18015 pairs are the database, 10000 training pairs
-drawn from the database; seeded (``seed=0``). Items keep the file order. Text is float32 CSR; labels
+drawn from the database; seeded (``seed=0``). With ``database="unseen"``: the same queries and training
+pairs, and a database of the 8015 remaining pairs, none of which a method was fitted on. Items keep the file order. Text is float32 CSR; labels
 uint8. The checksum is the sha256 over the files used, in the order labels, text, image.
 """
 from __future__ import annotations
@@ -22,9 +23,11 @@ import os
 from pathlib import Path
 
 from cmhcore.errors import DataFileError, InputError
-from datasets._io import (as_image, as_labels, as_text, check_int, check_options, find_file, read_array_file,
-                          read_mat, read_raw_images, search_dirs)
-from datasets.base import Dataset, file_checksum, random_protocol
+from cmhcore.params import Interval, Options
+from datasets import check_options
+from datasets._io import (as_image, as_labels, as_text, find_file, read_array_file, read_mat, read_raw_images,
+                          search_dirs)
+from datasets.base import Dataset, file_checksum, random_protocol, without_training_items
 
 __all__ = ["load", "files_present", "required_files", "N_ITEMS", "N_LABELS", "N_QUERY", "N_TRAIN"]
 
@@ -36,7 +39,16 @@ N_ITEMS, N_LABELS, N_QUERY, N_TRAIN = 20015, 24, 2000, 10000
 HOW_TO_GET = ("build it from the official distribution with `python -m benchmark prepare mirflickr25k` or get the "
               "DCMH release (mirflickr25k-lall/-yall/-iall.mat, see README) into the data root or "
               "<data root>/mirflickr25k, or pass image_features=<file> for a feature matrix")
-OPTIONS = ("image_features", "image_key", "seed", "n_query", "n_train")
+OPTION_CONSTRAINTS: dict[str, list] = {
+    "image_features": [str, os.PathLike, None],  # a feature file (an extractor name is handled by datasets.features)
+    "image_key": [str, None],
+    "seed": [Interval(int, 0, None, closed="left")],
+    "n_query": [Interval(int, 1, None, closed="left")],
+    "n_train": [Interval(int, 1, None, closed="left")],
+    # "train": the DCMH protocol (training items drawn from the database); "unseen": the same queries and
+    # training items, with the training items taken out of the database.
+    "database": [Options({"train", "unseen"})],
+}
 
 
 def _dirs(data_root) -> list[Path]:
@@ -44,17 +56,9 @@ def _dirs(data_root) -> list[Path]:
 
 
 def _check(options: dict) -> dict:
-    check_options(NAME, options, OPTIONS)
-    opts = {"image_features": None, "image_key": None, "seed": 0, "n_query": N_QUERY, "n_train": N_TRAIN, **options}
-    feats = opts["image_features"]
-    if feats is not None and not isinstance(feats, (str, os.PathLike)):
-        raise InputError(f"{NAME}: image_features={feats!r} is invalid; valid: a file name or path")
-    if opts["image_key"] is not None and not isinstance(opts["image_key"], str):
-        raise InputError(f"{NAME}: image_key={opts['image_key']!r} is invalid; valid: a variable name")
-    check_int(NAME, "seed", opts["seed"], 0)
-    check_int(NAME, "n_query", opts["n_query"], 1)
-    check_int(NAME, "n_train", opts["n_train"], 1)
-    return opts
+    check_options(NAME, options, features=False)
+    return {"image_features": None, "image_key": None, "seed": 0, "n_query": N_QUERY, "n_train": N_TRAIN,
+            "database": "train", **options}
 
 
 def required_files(data_root=None, **options) -> list[Path]:
@@ -94,6 +98,8 @@ def load(data_root=None, **options) -> Dataset:
         del raw
     protocol = random_protocol(f"{NAME}-dcmh-q{opts['n_query']}-t{opts['n_train']}", n, opts["n_query"],
                                opts["n_train"], seed=opts["seed"])
+    if opts["database"] == "unseen":
+        protocol = without_training_items(protocol, f"{NAME}-unseen-q{opts['n_query']}-t{opts['n_train']}")
     dataset = Dataset(
         NAME, image, text, labels, file_checksum(labels_path, text_path, image_path), protocol,
         meta={"source": "DCMH release (LAll, YAll)", "image_file": image_path.name,

@@ -23,7 +23,10 @@ query) up to MAP 0.7, and 0.008 near MAP 0.9 (measured in ``SOURCE.md``); 200 qu
 training set (the rarest, lake, has 6 items in all); for seeds 0..1999 the first draw already is.
 
 Option ``seed`` (default 0 = the stored split): another seed draws a new split of the same sizes
-with the same rule. The checksum is the sha256 over ``items.csv`` then the images in item order.
+with the same rule. Option ``database="unseen"``: the same queries; the other 624 items are divided into
+416 training items and a database of 208 items no method was fitted on (:func:`draw_unseen_split`,
+repeated until every label is in the training set; for seed 0 stored in
+``_data/mirflickr25k-mini-unseen-train.txt``). The checksum is the sha256 over ``items.csv`` then the images in item order.
 """
 from __future__ import annotations
 
@@ -36,12 +39,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import DataFileError, InputError
-from datasets._io import check_int, check_options
-from datasets.base import Dataset, Protocol
+from cmhcore.params import Interval, Options
+from datasets import check_options
+from datasets.base import Dataset, Protocol, read_index_file
 
 __all__ = ["load", "files_present", "required_files", "draw_protocol", "DATA_DIR", "ITEMS_FILE", "SUMS_FILE",
            "IMAGE_DIR", "CHECKSUM", "N_ITEMS", "N_QUERY", "N_LABELS", "N_TAGS", "STORED_SEED", "LABEL_NAMES",
-           "ITEMS_HEADER"]
+           "ITEMS_HEADER", "draw_unseen_split", "N_UNSEEN_DATABASE", "UNSEEN_TRAIN_FILE"]
 
 NAME = "mirflickr25k-mini"
 DATA_DIR = Path(__file__).parent / "_data" / "mirflickr25k-mini"
@@ -52,6 +56,8 @@ IMAGE_DIR = DATA_DIR / "images"
 CHECKSUM = "26b6b684904435573a6d5c7911be286704554a0ff41e7ed4dcae416fbcdeb3bc"
 N_ITEMS, N_QUERY, N_LABELS, N_TAGS = 724, 100, 24, 1386
 STORED_SEED = 0
+N_UNSEEN_DATABASE = 208  # a third of the 624 non-query items; the other two thirds train
+UNSEEN_TRAIN_FILE = Path(__file__).parent / "_data" / "mirflickr25k-mini-unseen-train.txt"
 # What methods that cannot read pixels get: GIST at the stored 128 px (LMgist's own default size), so the
 # descriptor is not computed on upsampled images.
 DEFAULT_IMAGE_FEATURES = {"image_features": "gist", "gist_size": 128}
@@ -63,7 +69,9 @@ LABEL_NAMES = ("animals", "baby", "bird", "car", "clouds", "dog", "female", "flo
 # items.csv: labels and tags are space-separated 0-based column indices of LAll / YAll.
 ITEMS_HEADER = ("row", "image_id", "dcmh_row", "file", "split", "labels", "tags")
 SPLITS = ("query", "database")
-OPTIONS = ("seed",)  # redraws the split; everything else is fixed by the bundled files
+# seed redraws the split; database="unseen" divides the non-query items into training set and database.
+OPTION_CONSTRAINTS: dict[str, list] = {"seed": [Interval(int, 0, None, closed="left")],
+                                       "database": [Options({"train", "unseen"})]}
 _REINSTALL = "reinstall the package (or rebuild with scripts/build_mirflickr_mini.py)"
 
 
@@ -161,6 +169,37 @@ def draw_protocol(labels: np.ndarray, seed: int, n_query: int = N_QUERY) -> Prot
     raise InputError(f"{NAME}: no split with seed {seed} keeps every label in the training set in 1000 draws")
 
 
+def draw_unseen_split(labels: np.ndarray, rest: np.ndarray, seed: int,
+                      n_database: int = N_UNSEEN_DATABASE) -> tuple[np.ndarray, np.ndarray]:
+    """(train, database): ``rest`` (the non-query items) divided at random into a database of ``n_database``
+    items and a training set of the others, redrawn until every label column has a training item.
+
+    The stream ``np.random.default_rng([seed, 0x554E5345])`` ('UNSE') is distinct from the query draw's."""
+    labels, rest = np.asarray(labels), np.asarray(rest)
+    if not 0 < n_database < rest.size:
+        raise InputError(f"{NAME}: an unseen database of {n_database} items does not fit {rest.size} non-query items")
+    rng = np.random.default_rng([int(seed), 0x554E5345])
+    for _ in range(1000):
+        perm = rng.permutation(rest)
+        train = np.sort(perm[n_database:])
+        if labels[train].sum(axis=0).all():
+            return train, np.sort(perm[:n_database])
+    raise InputError(f"{NAME}: no unseen split with seed {seed} keeps every label in the training set in 1000 draws")
+
+
+def _unseen(protocol: Protocol, labels: np.ndarray, seed: int) -> Protocol:
+    rest = protocol.database
+    if seed == STORED_SEED:
+        train = read_index_file(NAME, UNSEEN_TRAIN_FILE, low=0, high=N_ITEMS, how_to_fix=_REINSTALL)
+        if not np.isin(train, rest).all():
+            raise DataFileError(f"{NAME}: {UNSEEN_TRAIN_FILE} lists query items; {_REINSTALL}")
+        database = np.setdiff1d(rest, train)
+    else:
+        train, database = draw_unseen_split(labels, rest, seed)
+    return Protocol(f"{NAME}-unseen-{protocol.query.size}q-{database.size}db-{train.size}t", int(seed),
+                    protocol.query, database, train)
+
+
 def _decode(paths: list[Path], blobs: list[bytes]) -> np.ndarray:
     from PIL import Image
 
@@ -182,8 +221,8 @@ def _decode(paths: list[Path], blobs: list[bytes]) -> np.ndarray:
 
 def load(data_root=None, **options) -> Dataset:
     """The bundled 724-pair set with its stored protocol, or a split redrawn with ``seed``."""
-    check_options(NAME, options, OPTIONS)
-    seed = check_int(NAME, "seed", options.get("seed", STORED_SEED), 0)
+    check_options(NAME, options, features=False)
+    seed = int(options.get("seed", STORED_SEED))
     ok, why = files_present()
     if not ok:
         raise DataFileError(why)
@@ -208,6 +247,8 @@ def load(data_root=None, **options) -> Dataset:
         protocol = Protocol(f"{NAME}-{query.size}q-{rest.size}db", STORED_SEED, query, rest, rest)
     else:
         protocol = draw_protocol(labels, seed)
+    if options.get("database", "train") == "unseen":
+        protocol = _unseen(protocol, labels, seed)
     for a in (items["image_id"], items["dcmh_row"]):
         a.setflags(write=False)
     dataset = Dataset(

@@ -39,8 +39,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import DataFileError, InputError
-from datasets._io import (as_image, as_labels, as_text, check_int, check_options, read_array_file, read_mat,
-                          read_text_matrix, search_dirs, try_find_file)
+from cmhcore.params import Interval, Options
+from datasets import check_options
+from datasets._io import (as_image, as_labels, as_text, read_array_file, read_mat, read_text_matrix, search_dirs,
+                          try_find_file)
 from datasets.base import Dataset, file_checksum, random_protocol
 
 __all__ = ["load_tc10", "load_tc21", "files_present", "files_present_tc10", "files_present_tc21",
@@ -48,7 +50,16 @@ __all__ = ["load_tc10", "load_tc21", "files_present", "files_present_tc10", "fil
 
 N_QUERY, N_TRAIN = 2100, 10500
 SOURCES = ("auto", "dcmh", "single", "official")
-OPTIONS = ("source", "image_features", "image_key", "single_file", "require_tags", "seed", "n_query", "n_train")
+OPTION_CONSTRAINTS: dict[str, list] = {
+    "source": [Options(SOURCES)],
+    "image_features": [str, os.PathLike, None],  # a feature file (an extractor name is handled by datasets.features)
+    "image_key": [str, None],
+    "single_file": [str, os.PathLike, None],
+    "require_tags": [bool],
+    "seed": [Interval(int, 0, None, closed="left")],
+    "n_query": [Interval(int, 1, None, closed="left")],
+    "n_train": [Interval(int, 1, None, closed="left")],
+}
 SINGLE_FILE_DEFAULT = {10: ("NUSWIDE10.mat",), 21: ()}
 CONCEPTS_FILE = ("ConceptsList/Concepts81.txt", "Concepts81.txt")
 TAGS_FILE = ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")
@@ -68,22 +79,9 @@ def _dirs(data_root, tc: int) -> list[Path]:
 
 def _check(tc: int, options: dict) -> dict:
     name = _name(tc)
-    check_options(name, options, OPTIONS)
-    opts = {"source": "auto", "image_features": None, "image_key": None, "single_file": None,
+    check_options(name, options, features=False)
+    return {"source": "auto", "image_features": None, "image_key": None, "single_file": None,
             "require_tags": False, "seed": 0, "n_query": N_QUERY, "n_train": N_TRAIN, **options}
-    if opts["source"] not in SOURCES:
-        raise InputError(f"{name}: source={opts['source']!r} is invalid; valid: {', '.join(SOURCES)}")
-    for key in ("image_features", "single_file"):
-        if opts[key] is not None and not isinstance(opts[key], (str, os.PathLike)):
-            raise InputError(f"{name}: {key}={opts[key]!r} is invalid; valid: a file name or path")
-    if opts["image_key"] is not None and not isinstance(opts["image_key"], str):
-        raise InputError(f"{name}: image_key={opts['image_key']!r} is invalid; valid: a variable name")
-    if not isinstance(opts["require_tags"], bool):
-        raise InputError(f"{name}: require_tags={opts['require_tags']!r} is invalid; valid: True or False")
-    check_int(name, "seed", opts["seed"], 0)
-    check_int(name, "n_query", opts["n_query"], 1)
-    check_int(name, "n_train", opts["n_train"], 1)
-    return opts
 
 
 # ---------------------------------------------------------------- locating the files of each source

@@ -28,7 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from cmhcore.errors import InputError
-from datasets._io import check_options
+from cmhcore.params import Interval, check_params
+from datasets import check_options
 from datasets.base import Dataset, random_protocol
 
 __all__ = ["make_synthetic", "load", "files_present", "GENERATOR_VERSION"]
@@ -37,11 +38,6 @@ __all__ = ["make_synthetic", "load", "files_present", "GENERATOR_VERSION"]
 # 2: calibrated text bias, per-block streams, float32 text draws.
 GENERATOR_VERSION = 2
 _BLOCK = 4096
-
-
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise InputError(f"synthetic: {name}={value!r} is invalid; valid: an integer >= {lo}")
 
 
 def _draw_labels(rng, n_items: int, n_labels: int, label_density: float) -> np.ndarray:
@@ -93,20 +89,14 @@ def make_synthetic(n_items: int = 2000, n_labels: int = 10, image_dim: int = 128
     Items are generated in fixed blocks of ``_BLOCK`` items, each from its own stream derived from
     ``seed``, so memory stays bounded and the data depend on the parameters only.
     """
-    _check_int("n_items", n_items, 10)
-    _check_int("n_labels", n_labels, 1)
-    _check_int("image_dim", image_dim, 1)
-    _check_int("text_dim", text_dim, 1)
-    _check_int("latent_dim", latent_dim, 1)
-    _check_int("seed", seed, 0)
-    if not (0 < label_density <= 1):
-        raise InputError(f"synthetic: label_density={label_density!r} is invalid; valid: (0, 1]")
-    if not (isinstance(noise, (int, float, np.floating)) and np.isfinite(noise) and noise >= 0):
-        raise InputError(f"synthetic: noise={noise!r} is invalid; valid: a finite number >= 0")
-    if not (isinstance(words_per_item, (int, float, np.floating)) and 1 <= words_per_item < text_dim):
-        # Every text has at least one word, so fewer than one per item cannot be asked for.
+    check_params("synthetic", dict(n_items=n_items, n_labels=n_labels, image_dim=image_dim, text_dim=text_dim,
+                                   latent_dim=latent_dim, noise=noise, label_density=label_density,
+                                   words_per_item=words_per_item, n_query=n_query, n_train=n_train, seed=seed),
+                 OPTION_CONSTRAINTS, kind="option")
+    if not words_per_item < text_dim:
+        # Every text has at least one word (hence the lower bound 1) and at most text_dim distinct ones.
         raise InputError(
-            f"synthetic: words_per_item={words_per_item!r} is invalid; valid: a number in [1, text_dim={text_dim})"
+            f"synthetic option words_per_item={words_per_item!r} is invalid; valid: a float in [1, text_dim={text_dim})"
         )
     rng = np.random.default_rng(seed)
     prototypes = rng.standard_normal((n_labels, latent_dim))
@@ -151,13 +141,25 @@ def make_synthetic(n_items: int = 2000, n_labels: int = 10, image_dim: int = 128
 
 
 # The options a suite may give (checked before any work): make_synthetic's keyword arguments.
-OPTIONS = tuple(inspect.signature(make_synthetic).parameters)
+OPTION_CONSTRAINTS: dict[str, list] = {
+    "n_items": [Interval(int, 10, None, closed="left")],
+    "n_labels": [Interval(int, 1, None, closed="left")],
+    "image_dim": [Interval(int, 1, None, closed="left")],
+    "text_dim": [Interval(int, 1, None, closed="left")],
+    "latent_dim": [Interval(int, 1, None, closed="left")],
+    "noise": [Interval(float, 0, None, closed="left")],
+    "label_density": [Interval(float, 0, 1, closed="right")],
+    "words_per_item": [Interval(float, 1, None, closed="left")],
+    "n_query": [Interval(int, 1, None, closed="left"), None],
+    "n_train": [Interval(int, 1, None, closed="left"), None],
+    "seed": [Interval(int, 0, None, closed="left")],
+}
 PIXELS = False  # the image side is a feature matrix: image-feature options do not apply
 
 
 def load(data_root=None, **options) -> Dataset:
     """Loader entry point: options are :func:`make_synthetic`'s keyword arguments."""
-    check_options("synthetic", options, OPTIONS)
+    check_options("synthetic", options, features=False)
     return make_synthetic(**options)
 
 

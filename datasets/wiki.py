@@ -5,8 +5,17 @@ bag-of-visual-words histogram (L1-normalised); text: 10-d LDA topic proportions.
 ``_data/wiki.npz`` is a float32 conversion of the common ``wiki_data.mat`` (image values exact, text
 values within 3e-8); its provenance, the conversion and the licence note are in ``_data/SOURCE.md``.
 
-Protocol: the standard fixed split built into the release: the 693 test items are the queries, the
-2173 training items are both the retrieval database and the training set (no seed: nothing is drawn).
+Protocols (option ``database``):
+
+* ``train`` (default): the standard fixed split built into the release: the 693 test items are the
+  queries, the 2173 training items are both the retrieval database and the training set (no seed:
+  nothing is drawn);
+* ``unseen``: the same 2173 training items; the 693 test items are split into 231 queries and a
+  database of 462 items no method was fitted on, so that a model that memorises its training images
+  cannot score by it. The split is stratified by class (a third of each class's test items, rounded,
+  are queries), drawn with seed 0 by :func:`draw_unseen_queries` and stored in
+  ``_data/wiki-unseen-queries.txt``, which the loader reads.
+
 Items keep the file order: training rows first, then test rows.
 """
 from __future__ import annotations
@@ -18,10 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from cmhcore.errors import DataFileError
-from datasets._io import check_options, read_mat
-from datasets.base import Dataset, Protocol, file_checksum
+from cmhcore.params import Options
+from datasets import check_options
+from datasets._io import read_mat
+from datasets.base import Dataset, Protocol, file_checksum, read_index_file
 
-__all__ = ["load", "files_present", "required_files", "BUNDLED_FILE", "BUNDLED_SHA256", "N_TRAIN", "N_TEST"]
+__all__ = ["load", "files_present", "required_files", "standard_protocol", "unseen_protocol", "draw_unseen_queries",
+           "BUNDLED_FILE", "BUNDLED_SHA256", "UNSEEN_QUERIES_FILE", "UNSEEN_SEED", "N_TRAIN", "N_TEST"]
 
 BUNDLED_FILE = Path(__file__).parent / "_data" / "wiki.npz"
 # sha256 of the bundled file: the dataset checksum every Wiki result records.
@@ -29,11 +41,15 @@ BUNDLED_SHA256 = "a1b6ba0bab9429a1fd3d32ebafb26c42432b38b5d382312372ac03388024bc
 # sha256 of the source file it was converted from (cuilimeng/MCTD wiki_data.mat).
 SOURCE_SHA256 = "618dda68117816abb1264ca8dcf4350a547467d856ff6581d3d874bbf757dfc0"
 N_TRAIN, N_TEST = 2173, 693
+UNSEEN_QUERIES_FILE = Path(__file__).parent / "_data" / "wiki-unseen-queries.txt"
+UNSEEN_SEED = 0
 # Believed order of the class ids 1..10 (the original release's categories.list); not stored in the file.
 CLASS_NAMES = ("art", "biology", "geography", "history", "literature", "media", "music", "royalty", "sport", "warfare")
 
 
-OPTIONS = ()  # the bundled set takes no options
+# database: "train" is the standard protocol (the training set is the database); "unseen" keeps the
+# 2173 training items and splits the 693 test items into queries and a database of unseen items.
+OPTION_CONSTRAINTS: dict[str, list] = {"database": [Options({"train", "unseen"})]}
 PIXELS = False  # SIFT features on the image side: image-feature options do not apply
 
 
@@ -53,9 +69,30 @@ def standard_protocol() -> Protocol:
                     database=train, train=train)
 
 
+def draw_unseen_queries(labels: np.ndarray, seed: int = UNSEEN_SEED) -> np.ndarray:
+    """The query items of the ``unseen`` protocol: for each class in class order, a third (rounded) of its
+    test items, drawn with one ``np.random.default_rng(seed)`` stream; sorted row indices."""
+    test = np.arange(N_TRAIN, N_TRAIN + N_TEST)
+    classes = np.asarray(labels)[test].argmax(axis=1)  # Wiki is single-label
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(test[classes == c])[: int(round((classes == c).sum() / 3))]
+             for c in range(labels.shape[1])]
+    return np.sort(np.concatenate(picks))
+
+
+def unseen_protocol() -> Protocol:
+    """Training set as in the standard protocol; the stored queries and the other test items as database."""
+    query = read_index_file("wiki", UNSEEN_QUERIES_FILE, low=N_TRAIN, high=N_TRAIN + N_TEST,
+                            how_to_fix="reinstall the package")
+    database = np.setdiff1d(np.arange(N_TRAIN, N_TRAIN + N_TEST), query)
+    return Protocol(f"wiki-unseen-{query.size}q-{database.size}db", UNSEEN_SEED, query=query, database=database,
+                    train=np.arange(N_TRAIN))
+
+
 def load(data_root=None, **options) -> Dataset:
-    """The bundled Wiki dataset with its standard protocol (``data_root`` is ignored: nothing to find)."""
-    check_options("wiki", options, OPTIONS)
+    """The bundled Wiki dataset with the protocol ``database`` names (default ``train``: the standard one);
+    ``data_root`` is ignored: nothing to find."""
+    check_options("wiki", options, features=False)
     if not BUNDLED_FILE.is_file():
         raise DataFileError(files_present()[1])
     try:
@@ -70,7 +107,7 @@ def load(data_root=None, **options) -> Dataset:
         # Every Wiki result records this checksum: a changed bundle must not pass for the documented one.
         raise DataFileError(f"wiki: the bundled file {BUNDLED_FILE} has sha256 {checksum[:12]}..., not the documented "
                             f"{BUNDLED_SHA256[:12]}... (see _data/SOURCE.md); reinstall the package")
-    protocol = standard_protocol()
+    protocol = unseen_protocol() if options.get("database", "train") == "unseen" else standard_protocol()
     dataset = Dataset(
         "wiki", image, text, labels, checksum, protocol,
         meta={"source": "wiki_data.mat (Rasiwasia et al. 2010) via datasets/_data/SOURCE.md",

@@ -135,7 +135,7 @@ def test_draw_protocol_redraws_until_every_label_is_in_training():
 def test_option_errors_are_one_line(options, match):
     with pytest.raises(InputError, match=match) as err:
         mm.load(**options)
-    assert "\n" not in str(err.value) and str(err.value).startswith("mirflickr25k-mini:")
+    assert "\n" not in str(err.value) and str(err.value).startswith("mirflickr25k-mini")
 
 
 def test_checksum_is_the_sha256_of_the_files_in_order_and_stable(ds):
