@@ -218,7 +218,7 @@ def test_filters_narrow_and_reject_values_outside_the_suite(tmp_path):
 
 
 def test_dataset_options_are_checked_against_the_declared_ones_before_any_work(tmp_path):
-    from datasets._io import declared_options
+    from datasets import declared_options
 
     suite = tmp_path / "s.yaml"
     suite.write_text("datasets: [{name: synthetic, options: {n_itmes: 10}}]\nmethods: [random]\nbits: [8]\n"
