@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import datasets
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets import features as feat
 from datasets import gist as gist_mod
 from datasets.base import Dataset, random_protocol

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets.gist import gabor_bank, gist, gist_dim
 
 

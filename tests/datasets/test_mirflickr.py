@@ -7,7 +7,7 @@ import scipy.io
 import scipy.sparse as sp
 
 import datasets
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets import mirflickr
 from datasets.base import file_checksum
 
@@ -244,3 +244,19 @@ def test_bad_npy_images_one_line(tmp_path, write, expect):
         mirflickr.load(tmp_path, n_query=3, n_train=4)
     msg = _one_line(err)
     assert msg.startswith("mirflickr25k: ") and expect in msg and "mirflickr25k-iall.npy" in msg
+
+
+def test_unseen_database_keeps_queries_and_training_items_and_drops_training_from_the_database(tmp_path):
+    _fake_release(tmp_path, n=20)
+    std = mirflickr.load(tmp_path, n_query=4, n_train=6).protocol
+    uns = mirflickr.load(tmp_path, n_query=4, n_train=6, database="unseen").protocol
+    np.testing.assert_array_equal(uns.query, std.query)
+    np.testing.assert_array_equal(uns.train, std.train)
+    np.testing.assert_array_equal(uns.database, np.setdiff1d(std.database, std.train))
+    assert uns.sizes == {"query": 4, "database": 10, "train": 6}
+    assert not uns.train_in_database and std.train_in_database
+    assert "unseen" in uns.name and "unseen" not in std.name
+    # database="train" is the default protocol itself
+    assert mirflickr.load(tmp_path, n_query=4, n_train=6, database="train").protocol.digest == std.digest
+    with pytest.raises(InputError, match=r"^mirflickr25k option database='seen' is invalid; valid: one of 'train', 'unseen'$"):
+        mirflickr.load(tmp_path, n_query=4, n_train=6, database="seen")

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 import datasets
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets import mirflickr_mini as mm
 from datasets.base import file_checksum
 
@@ -113,6 +113,44 @@ def test_seed_option_draws_another_split_by_the_same_rule(ds):
     assert datasets.load_dataset("mirflickr25k-mini", seed=0).protocol.digest == ds.protocol.digest
 
 
+def test_unseen_database_divides_the_stored_non_query_items(ds):
+    p = mm.load(database="unseen").protocol
+    assert p.name == "mirflickr25k-mini-unseen-100q-208db-416t" and p.seed == 0
+    assert p.sizes == {"query": 100, "database": 208, "train": 416}
+    np.testing.assert_array_equal(p.query, ds.protocol.query)
+    np.testing.assert_array_equal(np.union1d(p.train, p.database), ds.protocol.database)
+    assert np.intersect1d(p.train, p.database).size == 0 and not p.train_in_database
+    assert (ds.labels[p.train].sum(axis=0) > 0).all()  # every label can still be learned
+    # stored, and the stored division is the documented seeded draw
+    np.testing.assert_array_equal(p.train, np.loadtxt(mm.UNSEEN_TRAIN_FILE, dtype=np.int64))
+    train, database = mm.draw_unseen_split(ds.labels, ds.protocol.database, 0)
+    np.testing.assert_array_equal(train, p.train)
+    np.testing.assert_array_equal(database, p.database)
+    assert mm.load(database="train").protocol.digest == ds.protocol.digest == "a79c70c4d73b1830"
+
+
+def test_unseen_database_with_another_seed_redraws_both_splits(ds):
+    a, b = mm.load(seed=7, database="unseen").protocol, mm.load(seed=7, database="unseen").protocol
+    std7 = mm.load(seed=7).protocol
+    assert a.digest == b.digest and a.seed == 7
+    np.testing.assert_array_equal(a.query, std7.query)
+    np.testing.assert_array_equal(np.union1d(a.train, a.database), std7.database)
+    assert a.sizes == {"query": 100, "database": 208, "train": 416}
+
+
+def test_draw_unseen_split_redraws_until_every_label_is_in_training():
+    labels = np.zeros((60, 2), dtype=np.uint8)
+    labels[:, 0] = 1
+    labels[23, 1] = 1
+    rest = np.arange(10, 60)
+    for seed in range(30):
+        train, database = mm.draw_unseen_split(labels, rest, seed, n_database=25)
+        assert 23 in train and train.size == database.size == 25
+        np.testing.assert_array_equal(np.union1d(train, database), rest)
+    with pytest.raises(InputError, match="does not fit 50 non-query items"):
+        mm.draw_unseen_split(labels, rest, 0, n_database=50)
+
+
 def test_draw_protocol_redraws_until_every_label_is_in_training():
     # A label held by a single item: any draw that makes that item a query must be rejected.
     labels = np.zeros((50, 2), dtype=np.uint8)
@@ -127,7 +165,8 @@ def test_draw_protocol_redraws_until_every_label_is_in_training():
 
 @pytest.mark.parametrize("options, match", [
     ({"foo": 1}, "unknown option"),
-    ({"image_features": "x"}, "unknown option"),
+    ({"image_features": "x"}, "unknown option"),  # an image-feature option goes to load_dataset, not the loader
+    ({"database": "all"}, "database='all' is invalid; valid: one of 'train', 'unseen'"),
     ({"seed": -1}, "seed=-1 is invalid"),
     ({"seed": "1"}, "seed='1' is invalid"),
     ({"seed": True}, "seed=True is invalid"),

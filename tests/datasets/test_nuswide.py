@@ -5,7 +5,7 @@ import scipy.io
 import scipy.sparse as sp
 
 import datasets
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets import nuswide
 from datasets.base import file_checksum
 

@@ -29,7 +29,7 @@ import scipy.io
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets import prepare_mirflickr as pm
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mirflickr25k"

@@ -4,7 +4,7 @@ import pytest
 import scipy.sparse as sp
 
 import datasets
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from datasets.synthetic import make_synthetic
 
 
@@ -76,3 +76,25 @@ def test_loader_entry_point():
     ds = datasets.load_dataset("synthetic", n_items=200, seed=3)
     assert ds.name == "synthetic" and ds.n_items == 200
     assert datasets.dataset_status("synthetic") == (True, "")
+
+
+def test_option_constraints_cover_every_generator_argument():
+    import inspect
+
+    from datasets import synthetic
+
+    assert list(synthetic.OPTION_CONSTRAINTS) == list(inspect.signature(synthetic.make_synthetic).parameters)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_items": 9}, r"^synthetic option n_items=9 is invalid; valid: an int in \[10, inf\)$"),
+    ({"noise": float("nan")}, r"^synthetic option noise=nan is invalid"),
+    ({"label_density": 0}, r"^synthetic option label_density=0 is invalid; valid: a float in \(0, 1\]$"),
+    ({"seed": True}, r"^synthetic option seed=True is invalid"),
+    ({"words_per_item": 20.0, "text_dim": 20}, r"words_per_item=20.0 is invalid; valid: a float in \[1, text_dim=20\)"),
+])
+def test_make_synthetic_rejects_bad_arguments_in_one_line(kwargs, match):
+    from datasets.synthetic import make_synthetic
+
+    with pytest.raises(InputError, match=match):
+        make_synthetic(**kwargs)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import datasets
-from benchmark.errors import DataFileError, InputError
+from cmhcore.errors import DataFileError, InputError
 from datasets import wiki
 
 SOURCE_MAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wiki" / "wiki_data.mat"
@@ -81,6 +81,58 @@ def test_a_modified_bundle_is_refused(tmp_path, monkeypatch):
 def test_rejects_unknown_options():
     with pytest.raises(InputError, match="wiki: unknown option"):
         wiki.load(seed=3)
+    with pytest.raises(InputError, match=r"^wiki option database='test' is invalid; valid: one of 'train', 'unseen'$"):
+        wiki.load(database="test")
+
+
+# ---------------------------------------------------------------- database: unseen
+
+@pytest.fixture(scope="module")
+def unseen():
+    return wiki.load(database="unseen")
+
+
+def test_default_and_explicit_train_database_are_the_standard_protocol(ds):
+    assert ds.protocol.digest == "3c2fbd98a751c310"  # the standard split every recorded Wiki run used
+    assert wiki.load(database="train").protocol.digest == ds.protocol.digest
+
+
+def test_unseen_protocol_splits_the_test_items_and_keeps_training(ds, unseen):
+    p = unseen.protocol
+    assert p.name == "wiki-unseen-231q-462db" and p.seed == wiki.UNSEEN_SEED == 0
+    assert p.sizes == {"query": 231, "database": 462, "train": 2173}
+    np.testing.assert_array_equal(p.train, ds.protocol.train)
+    assert np.intersect1d(p.query, p.database).size == 0
+    assert np.intersect1d(p.database, p.train).size == 0 and not p.train_in_database
+    np.testing.assert_array_equal(np.union1d(p.query, p.database), np.arange(2173, 2866))
+    assert unseen.checksum == ds.checksum  # the same data, another protocol
+
+
+def test_unseen_split_is_stratified_by_class(unseen):
+    p = unseen.protocol
+    expected = [round(c / 3) for c in TEST_COUNTS]
+    assert unseen.labels[p.query].sum(axis=0).tolist() == expected
+    assert unseen.labels[p.database].sum(axis=0).tolist() == [c - e for c, e in zip(TEST_COUNTS, expected)]
+
+
+def test_unseen_split_is_stored_and_is_the_seeded_draw(unseen):
+    stored = np.loadtxt(wiki.UNSEEN_QUERIES_FILE, dtype=np.int64)
+    np.testing.assert_array_equal(unseen.protocol.query, stored)
+    np.testing.assert_array_equal(wiki.draw_unseen_queries(unseen.labels, seed=0), stored)
+    other = wiki.draw_unseen_queries(unseen.labels, seed=1)
+    assert other.size == stored.size and not np.array_equal(other, stored)
+    assert wiki.load(database="unseen").protocol.digest == unseen.protocol.digest == "0227525589c77376"
+
+
+def test_a_damaged_stored_split_is_one_line(tmp_path, monkeypatch):
+    bad = tmp_path / "q.txt"
+    bad.write_text("2200\n2190\n")  # not increasing
+    monkeypatch.setattr(wiki, "UNSEEN_QUERIES_FILE", bad)
+    with pytest.raises(DataFileError, match=r"q.txt must hold increasing item indices in \[2173, 2866\)"):
+        wiki.load(database="unseen")
+    monkeypatch.setattr(wiki, "UNSEEN_QUERIES_FILE", tmp_path / "missing.txt")
+    with pytest.raises(DataFileError, match="cannot read the stored split"):
+        wiki.load(database="unseen")
 
 
 @pytest.mark.skipif(not SOURCE_MAT.is_file(), reason="shared source wiki_data.mat not available")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from benchmark.errors import InputError
+from cmhcore.errors import InputError
 from methods import get_method, list_methods, make_method
 from methods.base import Hasher, NotFittedError, binarize, clone
 from methods.random_projection import RandomProjection
