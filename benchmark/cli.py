@@ -118,6 +118,10 @@ def _check_run_args(args, filters: dict) -> None:
 
     if args.jobs < 1:
         raise InputError(f"--jobs {args.jobs} is invalid; valid: a positive integer")
+    if args.cluster_jobs is not None and (args.cluster is None or args.cluster_jobs < 1):
+        raise InputError(f"--cluster-jobs {args.cluster_jobs} is invalid; valid: a positive integer, with --cluster")
+    if args.cluster is not None and not str(args.cluster).strip():
+        raise InputError("--cluster '' is invalid; valid: local[:N], tcp://HOST:PORT or a FILE.yaml")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads} is invalid; valid: a positive integer")
     if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):
@@ -142,8 +146,8 @@ def _check_run_args(args, filters: dict) -> None:
 
 def _cmd_run(args) -> int:
     from benchmark.evaluate import EvalConfig
-    from benchmark.records import RecordStore, load_records
-    from benchmark.runner import RunSettings, available_cores, resolve_run_device, run_specs
+    from benchmark.records import RecordStore, load_frame
+    from benchmark.runner import RunSettings, available_cores, resolve_run_device, run_suite
     from benchmark.suites import expand_suite, filter_specs
 
     filters = dict(
@@ -176,7 +180,7 @@ def _cmd_run(args) -> int:
     if args.dry_run:
         for s in specs:
             rec = store.read(s.run_id)
-            state = "to run" if rec is None or args.force else f"recorded ({rec.get('status')})"
+            state = "to run" if rec is None or args.force else f"recorded ({rec.status})"
             print(f"{s.run_id}  {s.describe()}  [{state}]")
         print(f"suite {name}: {len(specs)} run(s)", file=sys.stderr)
         return 0
@@ -187,18 +191,19 @@ def _cmd_run(args) -> int:
         data_root=None if args.data_root is None else str(args.data_root),
         device=device, threads=threads, timeout=args.timeout, evaluation=config.to_dict(),
     )
-    summary = run_specs(specs, settings, jobs=args.jobs, force=args.force, retry_failed=args.retry_failed,
-                        progress=args.progress, label=f"suite {name}")
+    summary = run_suite(specs, settings, jobs=args.jobs, force=args.force, retry_failed=args.retry_failed,
+                        progress=args.progress, label=f"suite {name}", cluster=args.cluster,
+                        cluster_jobs=args.cluster_jobs)
     if not args.quiet:
         from benchmark.reports import print_tables
 
-        print_tables(load_records(args.results_dir, run_ids=[s.run_id for s in specs]))
+        print_tables(load_frame(args.results_dir, run_ids=[s.run_id for s in specs]))
     if not args.no_report:
         from benchmark.reports import write_reports
 
         # Records of other suites in the same directory: a corrupt one is reported, not fatal here
         # (`report` still refuses it, so that a report never silently drops a result).
-        everything = load_records(args.results_dir, on_corrupt=lambda line: print(line, file=sys.stderr))
+        everything = load_frame(args.results_dir, on_corrupt=lambda line: print(line, file=sys.stderr))
         written = write_reports(everything, args.reports_dir, plots=not args.no_plots)
         print(f"reports: {len(written)} file(s) written to {args.reports_dir}/ (results.md, tables, plots)", file=sys.stderr)
     if summary.elsewhere:
@@ -217,7 +222,7 @@ def _cmd_run(args) -> int:
 
 # ---------------------------------------------------------------------------------------- report
 def _cmd_report(args) -> int:
-    from benchmark.records import load_records
+    from benchmark.records import load_frame
     from benchmark.reports import print_tables, write_reports
     from benchmark.runner import check_writable_dir
 
@@ -234,7 +239,7 @@ def _cmd_report(args) -> int:
         # A run is its resolved spec, not its label: a record written by another suite (or before a
         # default changed) that resolves to the same run is shown under this suite's label.
         labels = {s.run_id: (s.label, s.dataset_label) for s in specs}
-    frame = load_records(args.results_dir, run_ids=run_ids)
+    frame = load_frame(args.results_dir, run_ids=run_ids)
     if frame.empty:
         raise InputError(f"no records in {args.results_dir}/records" + (f" for suite {args.suite}" if args.suite else "")
                          + "; run a suite first")
@@ -363,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="device of torch methods (default: auto = GPU when present)")
     run.add_argument("--timeout", type=float, default=None, metavar="S",
                      help="time limit per run in seconds; a run over it is recorded as failed")
+    run.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|FILE.yaml",
+                     help="run on a Dask cluster: N local workers, an existing scheduler, or a dask-jobqueue file")
+    run.add_argument("--cluster-jobs", type=int, default=None, metavar="N",
+                     help="with --cluster: how many cluster jobs (workers) to scale to")
     run.add_argument("--force", action="store_true", help="rerun runs that already have a record")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
     run.add_argument("--dry-run", action="store_true", help="list the runs and whether they are recorded; run nothing")

@@ -14,27 +14,22 @@ metric; the precision-recall curve within a Hamming radius only exists for Hammi
 """
 from __future__ import annotations
 
-import functools
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmark.errors import InputError
-from benchmark.suites import RunSpec, canonical_json
+from benchmark.datacache import load_dataset_cached
+from benchmark.environment import device_info
+from benchmark.jsonable import to_jsonable
+from benchmark.memory import PeakMemory
+from benchmark.records import evaluation_digest
+from benchmark.suites import RunSpec
+from cmhcore.errors import InputError
 
-__all__ = [
-    "EvalConfig", "RunOutput", "DIRECTIONS", "evaluate_run", "validate_spec", "load_dataset_cached",
-    "compute_metrics", "pack_codes", "unpack_codes", "environment", "PeakMemory",
-]
+__all__ = ["EvalConfig", "RunOutput", "DIRECTIONS", "evaluate_run", "validate_spec", "make_method", "compute_metrics"]
 
 # direction -> (query modality, database modality)
 DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image")}
@@ -100,32 +95,13 @@ class EvalConfig:
         d["precision_ns"] = list(self.precision_ns)
         return d
 
-
-# ---------------------------------------------------------------------------------------- data
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, data_root: str | None, options_json: str):
-    import datasets
-
-    return datasets.load_dataset(name, data_root, **json.loads(options_json))
-
-
-def load_dataset_cached(name: str, data_root=None, options: dict | None = None):
-    """``datasets.load_dataset`` memoised per process (a suite reuses each dataset many times)."""
-    root = None if data_root is None else str(data_root)
-    return _load_cached(name, root, canonical_json(options or {}))
+    @property
+    def digest(self) -> str:
+        """What a record stores as ``evaluation_digest``: equal digests, the same metrics from the same codes."""
+        return evaluation_digest(self.to_dict())
 
 
 # ---------------------------------------------------------------------------------------- codes
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """{-1,+1} int8 codes -> bits packed along each row (+1 -> 1)."""
-    return np.packbits(np.asarray(codes) > 0, axis=1)
-
-
-def unpack_codes(packed: np.ndarray, n_bits: int) -> np.ndarray:
-    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, count=n_bits)
-    return np.where(bits > 0, np.int8(1), np.int8(-1))
-
-
 def _check_codes(codes, n_rows: int, n_bits: int, what: str) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.shape != (n_rows, n_bits):
@@ -135,120 +111,23 @@ def _check_codes(codes, n_rows: int, n_bits: int, what: str) -> np.ndarray:
     return codes
 
 
-# ---------------------------------------------------------------------------------------- memory
-class PeakMemory:
-    """Peak resident memory of this process during a block.
-
-    On Linux the kernel's high-water mark is reset first (``/proc/self/clear_refs``), so the figure is
-    the block's own peak; elsewhere it is the process's lifetime peak (``scope`` says which). The peak
-    includes what the process held when the block began (interpreter, libraries, the cached
-    dataset): ``start_mb`` is that level, so ``peak_mb - start_mb`` is what the run added.
-    """
-
-    def __enter__(self):
-        self.start_mb = _current_rss_mb()
-        self.scope = "process"
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self.scope = "run"
-        except OSError:
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        self.peak_mb = _peak_rss_mb(self.scope)
-        return False
-
-
-def _current_rss_mb() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except Exception:
-        return None
-
-
-def _peak_rss_mb(scope: str) -> float:
-    if scope == "run":
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return float("nan")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
-# ---------------------------------------------------------------------------------------- environment
-@functools.lru_cache(maxsize=1)
-def environment() -> dict:
-    """Versions and git commit (read from package metadata: importing torch just to ask is slow)."""
-    packages = {}
-    for pkg in ("numpy", "scipy", "pandas", "scikit-learn", "torch", "numba", "joblib", "cmh-bench"):
-        try:
-            packages[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            packages[pkg] = None
-    repo = Path(__file__).resolve().parent.parent
-    git = {"commit": None, "dirty": None}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            git["commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                    capture_output=True, text=True, timeout=10)
-            git["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "packages": packages,
-        "git": git,
-    }
-
-
-def _device_info(method, requested: str) -> dict:
-    """Where the method ran: its own ``device`` (resolved) for torch methods, else the CPU."""
-    info = {"requested": requested, "resolved": "cpu", "name": platform.processor() or platform.machine()}
-    if "device" in type(method)._get_param_names():
-        from methods.nets import resolve_device
-
-        dev = resolve_device(getattr(method, "device", requested))
-        info["resolved"] = str(dev)
-        if dev.type == "cuda":
-            import torch
-
-            info["name"] = torch.cuda.get_device_name(dev)
-    return info
-
-
 # ---------------------------------------------------------------------------------------- validation
-def _make(spec: RunSpec, device: str):
-    from methods import get_method, make_method
+def make_method(spec: RunSpec, device: str = "cpu"):
+    """The spec's method, unfitted: its parameters, the spec's bits and seed, and ``device`` if it takes one."""
+    from methods import get_method
+    from methods import make_method as build
 
     cls = get_method(spec.method)
     kwargs = dict(spec.params)
     if "device" in cls._get_param_names():
         kwargs["device"] = device
-    method = make_method(spec.method, n_bits=spec.n_bits, random_state=spec.seed, **kwargs)
-    method._validate_bits()
-    return method
+    return build(spec.method, n_bits=spec.n_bits, random_state=spec.seed, **kwargs)
 
 
 def validate_spec(spec: RunSpec, device: str = "cpu") -> None:
-    """Everything about a spec that can be checked without loading data; one-line InputError."""
+    """Everything about a spec that can be checked without loading data; one-line InputError.
+
+    The runner calls this once per spec, before any run starts; a run itself does not repeat it."""
     import datasets
 
     if spec.dataset not in datasets.list_datasets():
@@ -260,7 +139,10 @@ def validate_spec(spec: RunSpec, device: str = "cpu") -> None:
         raise InputError(f"seed={spec.seed!r} is invalid; valid: a non-negative integer")
     if device not in ("cpu", "auto") and not str(device).startswith(("cuda", "mps")):
         raise InputError(f"device={device!r} is invalid; valid: cpu, cuda, cuda:N or auto")
-    _make(spec, device)
+    method = make_method(spec, device)
+    method._validate_bits()
+    if callable(getattr(method, "validate_params", None)):  # declared parameter constraints (cmhcore.params)
+        method.validate_params()
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -321,6 +203,7 @@ class RunOutput:
     metrics: dict
     codes: dict[str, np.ndarray]
     query_repr: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
     timings: dict
     memory: dict
     device: dict
@@ -329,37 +212,15 @@ class RunOutput:
     mask: dict
     method: dict
     extras: dict = field(default_factory=dict)
-
-
-def _json_safe(value, depth: int = 0):
-    """Extras as JSON types (arrays -> lists); anything else becomes its repr."""
-    if depth > 20:
-        return repr(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in value]
-    if hasattr(value, "tolist"):  # torch tensors and friends
-        try:
-            return _json_safe(value.tolist(), depth + 1)
-        except Exception:
-            pass
-    return repr(value)
+    data_checksum: str | None = None
 
 
 def evaluate_run(spec: RunSpec, *, data_root=None, device: str = "cpu", config: EvalConfig | None = None,
                  log=None) -> RunOutput:
-    """Run one spec. Input is validated before any work; failures during the run propagate."""
+    """Run one spec (validated by the caller: :func:`validate_spec`); failures during the run propagate."""
     config = config or EvalConfig()
     say = log or (lambda msg: None)
-    validate_spec(spec, device)
-    method = _make(spec, device)
+    method = make_method(spec, device)
     cls = type(method)
     own_distance = cls.uses_own_distance()
 
@@ -367,6 +228,7 @@ def evaluate_run(spec: RunSpec, *, data_root=None, device: str = "cpu", config: 
 
     t0 = time.perf_counter()
     data = load_dataset_cached(spec.dataset, data_root, spec.dataset_options)
+    raw_checksum = data.checksum  # the data files the spec names (see benchmark.datacache.data_checksum)
     if data.image_kind == "pixels" and not cls.accepts_pixels:
         # A method that cannot read pixels gets the dataset's hand-crafted features (GIST by default),
         # as its paper used; the record's dataset meta names the extractor and its cache key.
@@ -423,27 +285,32 @@ def evaluate_run(spec: RunSpec, *, data_root=None, device: str = "cpu", config: 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
 
-    query_repr = {}
+    query_repr, state = {}, {}
     if own_distance:
         for name, rep in (("query_image_repr", q_img_repr), ("query_text_repr", q_txt_repr)):
             if isinstance(rep, np.ndarray) and rep.dtype != object:
                 query_repr[name] = rep
+        # what distance() needs besides its arguments (contract: Hasher.distance_state), for rescoring
+        get_state = getattr(method, "distance_state", None)
+        state = {k: np.asarray(v) for k, v in (get_state() if callable(get_state) else {}).items()}
     return RunOutput(
         metrics=metrics,
         codes=codes,
         query_repr=query_repr,
+        state=state,
         timings={"load_s": load_s, "fit_s": fit_s, "encode_s": encode_s, "evaluate_s": evaluate_s},
         memory={"peak_rss_mb": mem.peak_mb, "start_rss_mb": mem.start_mb, "scope": mem.scope, "gpu_peak_mb": gpu_peak},
-        device=_device_info(method, device),
+        device=device_info(method, device),
         dataset=data.describe(),
         protocol=protocol,
         mask={"rate": spec.mask_rate, "seed": spec.seed, "n_train": int(len(protocol.train)), "n_labeled": masked.n_labeled},
         method={
             "class": f"{cls.__module__}:{cls.__qualname__}",
-            "params": _json_safe(method.get_params()),
+            "params": to_jsonable(method.get_params(), other="repr"),
             "uses_own_distance": own_distance,
             "needs_labels": bool(cls.needs_labels),
         },
-        extras=_json_safe(method.extras() if callable(getattr(method, "extras", None))
-                          else getattr(method, "extras_", None) or {}),
+        extras=to_jsonable(method.extras() if callable(getattr(method, "extras", None))
+                           else getattr(method, "extras_", None) or {}, other="repr"),
+        data_checksum=str(raw_checksum),
     )

@@ -24,50 +24,173 @@ import contextlib
 import datetime as _dt
 import errno
 import hashlib
+import io
 import json
-import math
 import os
 import re
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from benchmark.errors import DataFileError, InputError
+from benchmark.codesfile import CODE_ARRAYS, codes_arrays, read_codes_file  # noqa: F401 - read_codes_file re-exported
+from benchmark.jsonable import to_jsonable
+from cmhcore.errors import DataFileError, InputError
 
 __all__ = [
-    "RecordStore", "Claim", "to_jsonable", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries",
-    "load_records", "records_to_frame", "user_file_mode", "SCHEMA_VERSION", "FRAME_COLUMNS",
+    "Record", "RunResult", "RunOutcome", "RecordStore", "Claim", "to_jsonable", "atomic_write_bytes",
+    "atomic_write_json", "remove_stale_temporaries", "load_frame", "read_records",
+    "records_to_frame", "read_codes_file", "user_file_mode", "evaluation_digest", "SCHEMA_VERSION",
+    "FRAME_COLUMNS",
 ]
 
-SCHEMA_VERSION = 1
+# 2: evaluation_digest, data_checksum and the method's order in the registry; schema-1 records are
+# read (those fields derived from what they hold), newer schemas are refused.
+SCHEMA_VERSION = 2
 _TMP_PREFIX = ".tmp-"
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-")
 
 
-def to_jsonable(value: Any) -> Any:
-    """JSON types only: numpy scalars/arrays -> Python, NaN/inf -> None, tuples -> lists."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} into a record")
+def evaluation_digest(evaluation: dict | None) -> str | None:
+    """A short hash of a run's evaluation settings (``EvalConfig.to_dict()``): equal digests, same metrics."""
+    if evaluation is None:
+        return None
+    text = json.dumps(to_jsonable(evaluation), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------- the record
+@dataclass
+class Record:
+    """One run's record: the spec, how it went, and what it measured (one JSON file per run).
+
+    ``spec`` is :meth:`RunSpec.to_dict` (``label``, ``dataset_label``, ``n_bits``, ``mask_rate``, ``seed``
+    among others). ``status`` is ``ok`` or ``failed``; a failure has ``error`` (type, message, traceback,
+    timed_out). ``evaluation`` is the :class:`EvalConfig` the metrics were computed with, and
+    ``evaluation_digest`` its hash; ``data_checksum`` names the data files the run read. ``method`` holds
+    the class, the full parameters and ``order`` (the method's position in the registry, None for
+    plug-ins), and ``dataset`` the dataset's description with its own ``order``; reports sort by these, so
+    they need nothing but records. ``codes`` is the codes file (relative path) and ``codes_sha256`` its
+    hash; ``rescored_at`` is set when the metrics were recomputed from those codes.
+    """
+
+    run_id: str
+    spec: dict
+    status: str = "failed"
+    error: dict | None = None
+    schema: int = SCHEMA_VERSION
+    started_at: str | None = None
+    finished_at: str | None = None
+    rescored_at: str | None = None
+    log: str | None = None
+    settings: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    evaluation: dict | None = None
+    evaluation_digest: str | None = None
+    data_checksum: str | None = None
+    dataset: dict | None = None
+    protocol: dict | None = None
+    mask: dict | None = None
+    method: dict | None = None
+    metrics: dict | None = None
+    timings: dict = field(default_factory=dict)
+    memory: dict | None = None
+    device: dict | None = None
+    extras: dict = field(default_factory=dict)
+    codes: str | None = None
+    codes_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def timed_out(self) -> bool:
+        return bool((self.error or {}).get("timed_out"))
+
+    @property
+    def error_message(self) -> str | None:
+        return (self.error or {}).get("message") if self.error else None
+
+    def to_dict(self) -> dict:
+        return to_jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "record") -> "Record":
+        """A record from its JSON form; schema-1 records are upgraded, unknown schemas refused (one line)."""
+        if not isinstance(d, dict):
+            raise DataFileError(f"{where}: not a JSON object; delete it and rerun the suite")
+        schema = d.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+            raise DataFileError(f"{where}: schema {schema!r} is invalid; valid: 1 to {SCHEMA_VERSION}")
+        if schema > SCHEMA_VERSION:
+            raise DataFileError(f"{where}: schema {schema} is newer than this cmh-bench reads (1 to {SCHEMA_VERSION}); "
+                                "upgrade cmh-bench or use another --results-dir")
+        if not isinstance(d.get("run_id"), str) or not isinstance(d.get("spec"), dict):
+            raise DataFileError(f"{where}: no run_id or spec; delete it and rerun the suite")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for key in ("settings", "environment", "timings", "extras"):
+            if values.get(key) is None:
+                values.pop(key, None)
+        rec = cls(**values)
+        if schema == 1:
+            rec.schema = SCHEMA_VERSION
+            rec.evaluation_digest = evaluation_digest(rec.evaluation)
+            ds = rec.dataset or {}
+            # a run on extracted features recorded the features' checksum; its data files are the pixels'
+            rec.data_checksum = ds.get("pixels_checksum") or ds.get("checksum")
+            rec.method = {**(rec.method or {}), **registry_order(rec.spec.get("method"), rec.spec.get("dataset"))}
+        for part in ("metrics", "error", "dataset", "protocol", "mask", "method", "memory", "device"):
+            value = getattr(rec, part)
+            if value is not None and not isinstance(value, dict):
+                raise DataFileError(f"{where}: {part} is a {type(value).__name__}, not an object; delete it and "
+                                    "rerun the suite")
+        return rec
+
+
+def registry_order(method: str | None, dataset: str | None) -> dict:
+    """``{"order": i, "dataset_order": j}``: the method's position in the built-in registry (None for a
+    plug-in) and the dataset's in the dataset registry. The runner writes these into every record."""
+    out: dict[str, int | None] = {"order": None, "dataset_order": None}
+    with contextlib.suppress(Exception):
+        from methods import REGISTRY
+
+        names = list(REGISTRY)
+        out["order"] = names.index(method) if method in names else None
+    with contextlib.suppress(Exception):
+        from datasets import list_datasets
+
+        names = list_datasets()
+        out["dataset_order"] = names.index(dataset) if dataset in names else None
+    return out
+
+
+@dataclass
+class RunOutcome:
+    """What became of one dispatched run (the record itself is on disk)."""
+
+    run_id: str
+    status: str
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced, computed anywhere, written by the driver (:meth:`RecordStore.write_result`).
+
+    ``codes`` is the codes file's arrays (:func:`benchmark.codesfile.codes_arrays`), None for a failed run;
+    ``protocol`` the :class:`datasets.base.Protocol` the run used (None when it failed before loading).
+    """
+
+    record: Record
+    codes: dict[str, np.ndarray] | None = None
+    protocol: Any = None
+    log_text: str = ""
 
 
 def _umask() -> int:
@@ -322,18 +445,26 @@ class RecordStore:
         return got
 
     # -------------------------------------------------------------------------------- reading
-    def read(self, run_id: str) -> dict | None:
-        """The record, or None when absent or unreadable (then the run is treated as not done)."""
+    def read(self, run_id: str) -> Record | None:
+        """The record, or None when absent or unreadable (then the run is treated as not done).
+
+        A record of a schema newer than this code reads raises :class:`DataFileError` (one line): it
+        must be neither rerun over nor misread."""
         path = self.record_path(run_id)
         try:
             with open(path, encoding="utf-8") as fh:
-                rec = json.load(fh)
+                raw = json.load(fh)
         except (OSError, ValueError):
             return None
-        return rec if isinstance(rec, dict) and rec.get("run_id") == run_id else None
-
-    def exists(self, run_id: str) -> bool:
-        return self.read(run_id) is not None
+        if not isinstance(raw, dict) or raw.get("run_id") != run_id:
+            return None
+        schema = raw.get("schema", 1)
+        if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+            return Record.from_dict(raw, f"record {path}")  # raises: refused in one line
+        try:
+            return Record.from_dict(raw, f"record {path}")
+        except (DataFileError, TypeError):
+            return None
 
     def run_ids(self) -> list[str]:
         folder = self.root / "records"
@@ -342,29 +473,42 @@ class RecordStore:
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(_TMP_PREFIX))
 
     # -------------------------------------------------------------------------------- writing
-    def write_record(self, record: dict) -> Path:
-        return atomic_write_json(self.record_path(record["run_id"]), record)
+    def write_record(self, record: Record | dict) -> Path:
+        data = record.to_dict() if isinstance(record, Record) else record
+        return atomic_write_json(self.record_path(data["run_id"]), data)
 
-    def write_codes(self, run_id: str, codes: dict[str, np.ndarray], n_bits: int,
-                    extra_arrays: dict[str, np.ndarray] | None = None) -> tuple[Path, str]:
-        """Codes packed along rows (+1 -> bit 1); ``n_bits`` is stored to unpack them.
+    def write_codes(self, run_id: str, arrays: dict[str, np.ndarray]) -> tuple[Path, str]:
+        """Write a codes file (:func:`benchmark.codesfile.codes_arrays`); returns (path, its SHA-256).
 
-        Returns (path, SHA-256 of the file): the file is named by its content, so two processes that
-        produce different codes for one run can never overwrite each other's file.
+        The file is named by its content, so two processes that produce different codes for one run
+        can never overwrite each other's file.
         """
-        import io
-
-        from benchmark.evaluate import pack_codes
-
-        arrays = {name: pack_codes(c) for name, c in codes.items()}
-        arrays["n_bits"] = np.array(n_bits)
-        for name, arr in (extra_arrays or {}).items():
-            arrays[name] = arr
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         data = buf.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         return atomic_write_bytes(self.codes_path(run_id, digest), data), digest
+
+    def write_log(self, run_id: str, text: str) -> Path:
+        return atomic_write_bytes(self.log_path(run_id), text.encode("utf-8"))
+
+    def write_result(self, result: RunResult) -> RunOutcome:
+        """Write one run's files: protocol, codes and log, then, last, the record naming them.
+
+        Each file is written atomically, and the record only once everything it names is on disk, so a
+        process killed at any point leaves either the previous record or a complete new one.
+        """
+        rec = result.record
+        rid = rec.run_id
+        if result.protocol is not None and rec.protocol is not None:
+            rec.protocol = {**rec.protocol, "file": self.relative(self.save_protocol(result.protocol))}
+        if result.codes is not None:
+            path, digest = self.write_codes(rid, result.codes)
+            rec.codes, rec.codes_sha256 = self.relative(path), digest
+        rec.log = self.relative(self.write_log(rid, result.log_text))
+        self.write_record(rec)  # last: a record exists only with complete codes beside it
+        self.remove_other_codes(rid, rec.codes)
+        return RunOutcome(rid, rec.status, float(rec.timings.get("total_s") or 0.0), rec.error_message)
 
     def remove_other_codes(self, run_id: str, keep: str | None) -> None:
         """Delete the run's codes files other than ``keep`` (relative path), once a record names it."""
@@ -376,13 +520,13 @@ class RecordStore:
                 with contextlib.suppress(OSError):
                     p.unlink()
 
-    def read_codes(self, run_id: str) -> dict[str, np.ndarray]:
+    def read_codes(self, run_id: str, record: Record | None = None) -> dict[str, np.ndarray]:
         """The codes the run's record names, after checking their SHA-256 against the record."""
-        rec = self.read(run_id)
-        if rec is None or not rec.get("codes"):
+        rec = record if record is not None else self.read(run_id)
+        if rec is None or not rec.codes:
             raise DataFileError(f"run {run_id}: no readable record naming its codes in {self.root / 'records'}")
-        path = self.root / rec["codes"]
-        expected = rec.get("codes_sha256")
+        path = self.root / rec.codes
+        expected = rec.codes_sha256
         if expected is not None:
             try:
                 actual = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -416,34 +560,22 @@ class RecordStore:
         return path
 
 
-def read_codes_file(path: Path | str) -> dict[str, np.ndarray]:
-    """Unpacked codes (and any extra arrays) of one codes file; DataFileError when unreadable."""
-    from benchmark.evaluate import unpack_codes
-
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            n_bits = int(z["n_bits"])
-            return {k: (unpack_codes(z[k], n_bits) if k in ("db_image", "db_text", "query_image", "query_text") else z[k])
-                    for k in z.files if k != "n_bits"}
-    except Exception as exc:  # noqa: BLE001 - a corrupt zip raises many kinds; all mean "cannot be read"
-        raise DataFileError(f"codes file {path}: cannot be read ({type(exc).__name__}: {exc})") from None
-
-
 # ---------------------------------------------------------------------------------------- the frame
 FRAME_COLUMNS = [
-    "run_id", "status", "error", "method", "label", "params", "dataset", "dataset_label", "dataset_options",
-    "n_bits", "mask_rate", "seed", "n_train", "n_labeled", "device", "threads", "fit_s", "encode_s",
-    "evaluate_s", "peak_rss_mb", "image_input", "direction", "metric", "x", "value", "n_queries", "n_no_relevant",
+    "run_id", "status", "error", "method", "label", "params", "method_order", "dataset", "dataset_label",
+    "dataset_options", "dataset_order", "protocol", "protocol_name", "n_bits", "mask_rate", "seed", "n_train",
+    "n_labeled", "device", "threads", "fit_s", "encode_s", "evaluate_s", "peak_rss_mb", "image_input",
+    "evaluation_digest", "direction", "metric", "x", "value", "ties", "no_relevant", "topk", "n_queries",
+    "n_no_relevant",
 ]
 
 _SCALAR_SKIP = {"n_queries", "n_no_relevant", "ties", "no_relevant", "precision_at_n", "pr_hamming"}
 
 
-def image_input(rec: dict) -> str:
+def image_input(rec: Record) -> str:
     """What the method's image side read, in a few words (e.g. "gist 512-d", "pixels 64 px, cnnf from scratch")."""
-    ds = rec.get("dataset") or {}
-    params = (rec.get("method") or {}).get("params") or (rec.get("spec") or {}).get("params") or {}
+    ds = rec.dataset or {}
+    params = (rec.method or {}).get("params") or rec.spec.get("params") or {}
     shape = ds.get("image") or []
     if ds.get("image_features"):
         dim = f" {shape[1]}-d" if len(shape) == 2 else ""
@@ -458,65 +590,91 @@ def image_input(rec: dict) -> str:
     return f"features {shape[1]}-d" if len(shape) == 2 else "features"
 
 
-def _rows(rec: dict) -> Iterable[dict]:
-    spec = rec.get("spec", {})
-    timings = rec.get("timings") or {}
+def _protocol_kind(rec: Record) -> str | None:
+    """``standard`` (training items are in the database) or ``unseen`` (none are), from the record."""
+    inside = (rec.protocol or {}).get("train_in_database")
+    return None if inside is None else ("standard" if inside else "unseen")
+
+
+def _topk(metric: str) -> int | None:
+    return int(metric[4:]) if metric.startswith("map@") and metric[4:].isdigit() else None
+
+
+def _rows(rec: Record) -> Iterable[dict]:
+    spec = rec.spec
+    timings = rec.timings or {}
+    method = rec.method or {}
     base = {
-        "run_id": rec["run_id"],
-        "status": rec.get("status"),
-        "error": (rec.get("error") or {}).get("message") if rec.get("error") else None,
+        "run_id": rec.run_id,
+        "status": rec.status,
+        "error": rec.error_message,
         "method": spec.get("method"),
         "label": spec.get("label", spec.get("method")),
         "params": json.dumps(spec.get("params", {}), sort_keys=True),
+        "method_order": method.get("order"),
         "dataset": spec.get("dataset"),
         "dataset_label": spec.get("dataset_label", spec.get("dataset")),
         "dataset_options": json.dumps(spec.get("dataset_options", {}), sort_keys=True),
+        "dataset_order": method.get("dataset_order"),
+        "protocol": _protocol_kind(rec),
+        "protocol_name": (rec.protocol or {}).get("name"),
         "n_bits": spec.get("n_bits"),
         "mask_rate": spec.get("mask_rate"),
         "seed": spec.get("seed"),
-        "n_train": (rec.get("mask") or {}).get("n_train"),
-        "n_labeled": (rec.get("mask") or {}).get("n_labeled"),
-        "device": (rec.get("device") or {}).get("resolved"),
-        "threads": (rec.get("device") or {}).get("threads"),
+        "n_train": (rec.mask or {}).get("n_train"),
+        "n_labeled": (rec.mask or {}).get("n_labeled"),
+        "device": (rec.device or {}).get("resolved"),
+        "threads": (rec.device or {}).get("threads"),
         "fit_s": timings.get("fit_s"),
         "encode_s": timings.get("encode_s"),
         "evaluate_s": timings.get("evaluate_s"),
-        "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+        "peak_rss_mb": (rec.memory or {}).get("peak_rss_mb"),
         "image_input": image_input(rec),
+        "evaluation_digest": rec.evaluation_digest,
     }
-    metrics = rec.get("metrics") or {}
-    if rec.get("status") != "ok" or not metrics:
-        yield {**base, "direction": None, "metric": None, "x": None, "value": None, "n_queries": None, "n_no_relevant": None}
+    metrics = rec.metrics or {}
+    empty = {"direction": None, "metric": None, "x": None, "value": None, "ties": None, "no_relevant": None,
+             "topk": None, "n_queries": None, "n_no_relevant": None}
+    if rec.status != "ok" or not metrics:
+        yield {**base, **empty}
         return
     for direction in sorted(metrics):
         m = metrics[direction]
-        common = {**base, "direction": direction, "n_queries": m.get("n_queries"), "n_no_relevant": m.get("n_no_relevant")}
+        # the conventions each value was computed under travel with it (map_stable breaks ties by order)
+        common = {**base, "direction": direction, "n_queries": m.get("n_queries"),
+                  "n_no_relevant": m.get("n_no_relevant"), "no_relevant": m.get("no_relevant")}
+        ties = m.get("ties")
         for key in sorted(m):
             if key in _SCALAR_SKIP:
                 continue
-            yield {**common, "metric": key, "x": None, "value": m[key]}
+            yield {**common, "metric": key, "x": None, "value": m[key], "topk": _topk(key),
+                   "ties": "stable" if key == "map_stable" else ties}
         pan = m.get("precision_at_n")
         if pan:
             for n, p in zip(pan["n"], pan["precision"]):
-                yield {**common, "metric": "precision_at_n", "x": n, "value": p}
+                yield {**common, "metric": "precision_at_n", "x": n, "value": p, "ties": ties, "topk": None}
         pr = m.get("pr_hamming")
         if pr:
+            # within a Hamming radius every item at that distance is retrieved: no tie order applies
             for r, p, rc in zip(pr["radius"], pr["precision"], pr["recall"]):
-                yield {**common, "metric": "pr_precision", "x": r, "value": p}
-                yield {**common, "metric": "pr_recall", "x": r, "value": rc}
+                yield {**common, "metric": "pr_precision", "x": r, "value": p, "ties": None, "topk": None}
+                yield {**common, "metric": "pr_recall", "x": r, "value": rc, "ties": None, "topk": None}
 
 
-def records_to_frame(records: Iterable[dict]):
+def records_to_frame(records: Iterable[Record | dict]):
     """Tidy frame: one row per (run, direction, metric, x); run-level columns repeat on each row.
 
-    Failed runs have one row with ``direction``/``metric`` missing and ``error`` set. Rows are sorted
-    so that the same records always give the same frame.
+    Each value carries its conventions (``ties``, ``no_relevant``, ``topk``, ``protocol``). Failed runs
+    have one row with ``direction``/``metric`` missing and ``error`` set. Rows are sorted so that the
+    same records always give the same frame. Plain dicts are read as :meth:`Record.from_dict` reads them.
     """
     import pandas as pd
 
-    rows = [row for rec in records for row in _rows(rec)]
+    recs = [r if isinstance(r, Record) else Record.from_dict(r) for r in records]
+    rows = [row for rec in recs for row in _rows(rec)]
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
-    for col in ("n_bits", "seed", "n_train", "n_labeled", "threads", "n_queries", "n_no_relevant"):
+    for col in ("n_bits", "seed", "n_train", "n_labeled", "threads", "n_queries", "n_no_relevant", "topk",
+                "method_order", "dataset_order"):
         frame[col] = frame[col].astype("Int64")
     for col in ("mask_rate", "fit_s", "encode_s", "evaluate_s", "peak_rss_mb", "x", "value"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
@@ -524,8 +682,8 @@ def records_to_frame(records: Iterable[dict]):
     return frame.reset_index(drop=True)
 
 
-def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None, *, on_corrupt=None):
-    """All records of a results directory (or those in ``run_ids``) as one tidy DataFrame.
+def read_records(results_dir: Path | str, run_ids: Iterable[str] | None = None, *, on_corrupt=None) -> list[Record]:
+    """The records of a results directory (or those in ``run_ids``), sorted by run id.
 
     A record that cannot be parsed raises :class:`DataFileError` naming the file: a report must not
     silently drop results. With ``on_corrupt`` (a callable taking one line), it is left out and
@@ -543,13 +701,16 @@ def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None, 
         try:
             try:
                 with open(path, encoding="utf-8") as fh:
-                    rec = json.load(fh)
+                    raw = json.load(fh)
             except (OSError, ValueError) as exc:
                 raise DataFileError(f"record {path}: cannot be parsed ({exc}); delete it and rerun the suite") from None
-            if not isinstance(rec, dict) or rec.get("run_id") != rid:
+            if not isinstance(raw, dict) or raw.get("run_id") != rid:
                 raise DataFileError(f"record {path}: its run_id does not match the file name; delete it and rerun the suite")
             try:
+                rec = Record.from_dict(raw, f"record {path}")
                 list(_rows(rec))
+            except DataFileError:
+                raise
             except (AttributeError, TypeError, KeyError, ValueError) as exc:
                 raise DataFileError(f"record {path}: unexpected content ({type(exc).__name__}: {exc}); delete it "
                                     "and rerun the suite") from None
@@ -559,4 +720,14 @@ def load_records(results_dir: Path | str, run_ids: Iterable[str] | None = None, 
             on_corrupt(f"skipped {exc}")
             continue
         records.append(rec)
-    return records_to_frame(records)
+    return records
+
+
+def load_frame(results_dir: Path | str = "results", run_ids: Iterable[str] | None = None, *, on_corrupt=None):
+    """All records of a results directory (or those in ``run_ids``) as one tidy pandas DataFrame::
+
+        import benchmark.records; frame = benchmark.records.load_frame("results")
+
+    Errors as :func:`read_records`.
+    """
+    return records_to_frame(read_records(results_dir, run_ids, on_corrupt=on_corrupt))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import io
 import logging
 import math
 import os
@@ -31,13 +32,19 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmark.errors import InputError
-from benchmark.evaluate import EvalConfig, environment, evaluate_run, validate_spec
-from benchmark.records import SCHEMA_VERSION, Claim, RecordStore, remove_stale_temporaries
+from benchmark.codesfile import codes_arrays
+from benchmark.datacache import data_checksum
+from benchmark.environment import environment
+from benchmark.evaluate import EvalConfig, evaluate_run, validate_spec
+from benchmark.records import (Claim, Record, RecordStore, RunOutcome, RunResult, registry_order,
+                               remove_stale_temporaries)
+from benchmark.rescore import CannotRescore, needs_rescore, rescore_record
 from benchmark.suites import RunSpec
+from cmhcore.errors import InputError
 
-__all__ = ["RunSettings", "RunOutcome", "SuiteSummary", "RunTimeout", "Terminated", "run_specs", "execute_run",
-           "available_cores", "resolve_run_device", "MAX_TIMEOUT_S"]
+__all__ = ["RunSettings", "RunOutcome", "RunResult", "SuiteSummary", "Plan", "RunTimeout", "Terminated", "run_suite",
+           "compute_run", "execute_run", "plan_runs", "pending_specs", "rescore_runs", "available_cores",
+           "resolve_run_device", "check_settings", "check_writable_dir", "MAX_TIMEOUT_S"]
 
 # setitimer takes seconds as a C time value; beyond ~68 years (2**31 s) it overflows on some platforms.
 MAX_TIMEOUT_S = float(2**31 - 1)
@@ -82,14 +89,6 @@ class RunSettings:
 
 
 @dataclass
-class RunOutcome:
-    run_id: str
-    status: str
-    seconds: float
-    error: str | None = None
-
-
-@dataclass
 class SuiteSummary:
     total: int
     skipped: list[str]
@@ -105,10 +104,6 @@ class SuiteSummary:
     def elsewhere(self) -> list[str]:
         """Runs claimed by another live process and not recorded yet (not failures of this runner)."""
         return sorted(rid for rid, st in self.statuses.items() if st == ELSEWHERE)
-
-    @property
-    def missing(self) -> list[str]:
-        return sorted(rid for rid, st in self.statuses.items() if st == "missing")
 
 
 # ---------------------------------------------------------------------------------------- per-run guards
@@ -197,106 +192,131 @@ def _holder_text(info: dict) -> str:
     return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('started_at', '?')}"
 
 
+class _Tee(io.TextIOBase):
+    """The run's log: kept in memory for :class:`RunResult` and, when given, streamed to a file too."""
+
+    def __init__(self, file=None):
+        self.buffer_ = io.StringIO()
+        self.file = file
+
+    def write(self, text: str) -> int:
+        self.buffer_.write(text)
+        if self.file is not None:
+            self.file.write(text)
+            self.file.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def fileno(self) -> int:
+        if self.file is None:
+            raise io.UnsupportedOperation("the run log is in memory")
+        return self.file.fileno()
+
+    def getvalue(self) -> str:
+        return self.buffer_.getvalue()
+
+
+def compute_run(spec_dict: dict, settings_dict: dict, *, log_file=None, taken_over: dict | None = None) -> RunResult:
+    """Run one spec in this process and return everything it produced; write nothing under the results.
+
+    Honours ``threads``, ``device`` and ``timeout`` of the settings. Never raises for a failing run: the
+    failure (with ``timed_out`` for a run over its limit) is in the returned record. ``log_file`` (an
+    open text file) receives the log as it is written, for a driver that shows progress on disk.
+    """
+    t_start = time.perf_counter()
+    spec = RunSpec.from_dict(spec_dict)
+    settings = RunSettings(**settings_dict)
+    rid = spec.run_id
+    log = _Tee(log_file)
+    config = EvalConfig.from_dict(settings.evaluation)
+    record = Record(
+        run_id=rid, spec=spec.to_dict(), started_at=_now(),
+        settings={"threads": settings.threads, "timeout": settings.timeout, "device": settings.device},
+        environment=environment(), evaluation=config.to_dict(), evaluation_digest=config.digest,
+        method=registry_order(spec.method, spec.dataset),
+    )
+    result = RunResult(record)
+
+    def say(msg: str) -> None:
+        log.write(f"{_now()} {msg}\n")
+
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(handler)
+    say(f"run {rid}: {spec.describe()}")
+    if taken_over:
+        say(f"took over the claim of a dead process ({_holder_text(taken_over)})")
+    say(f"spec {spec.to_dict()}")
+    say(f"threads {settings.threads}, timeout {settings.timeout}, device {settings.device}")
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                _thread_limits(settings.threads, spec.method):
+            _warm_up_metrics()
+            with _time_limit(settings.timeout):
+                out = evaluate_run(spec, data_root=settings.data_root, device=settings.device, config=config, log=say)
+        record.status, record.error = "ok", None
+        record.dataset = out.dataset
+        record.data_checksum = out.data_checksum
+        record.protocol = out.protocol.to_dict()
+        record.mask = out.mask
+        record.method = {**out.method, **record.method}
+        record.metrics = out.metrics
+        record.timings = {**out.timings, "total_s": time.perf_counter() - t_start}
+        record.memory = out.memory
+        record.device = {**out.device, "threads": settings.threads}
+        record.extras = out.extras
+        result.codes = codes_arrays(out.codes, spec.n_bits, out.query_repr, out.state)
+        result.protocol = out.protocol
+    except (Exception, RunTimeout) as exc:
+        tb = traceback.format_exc()
+        say(f"FAILED: {type(exc).__name__}: {exc}\n{tb}")
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        record.status = "failed"
+        record.error = {"type": type(exc).__name__, "message": message, "traceback": tb,
+                        "timed_out": isinstance(exc, RunTimeout)}
+        record.metrics = None
+        record.timings = {"total_s": time.perf_counter() - t_start}
+        record.device = {"requested": settings.device, "threads": settings.threads}
+    finally:
+        root_logger.removeHandler(handler)
+    record.finished_at = _now_precise()
+    say(f"record written: status {record.status}")
+    result.log_text = log.getvalue()
+    return result
+
+
 def execute_run(spec_dict: dict, settings_dict: dict, *, force: bool = False, retry_failed: bool = False,
                 seen_finished: str | None = None) -> RunOutcome:
-    """Claim one spec, run it and write its files. Never raises for a failing run: it records it.
+    """Claim one spec, run it (:func:`compute_run`) and write its files. Never raises for a failing run.
 
     Takes plain dicts so that it pickles cheaply into a worker process. ``seen_finished`` is the
     ``finished_at`` of the record the caller saw when it planned the run (None: no record): a
     different record found after claiming was written by another runner meanwhile, and is kept.
     Returns status ``"running elsewhere"`` when another live process holds the claim.
     """
-    spec = RunSpec.from_dict(spec_dict)
     settings = RunSettings(**settings_dict)
     store = RecordStore(settings.results_dir)
-    rid = spec.run_id
+    rid = RunSpec.from_dict(spec_dict).run_id
     claim = store.claim(rid)
     if not isinstance(claim, Claim):
         return RunOutcome(rid, ELSEWHERE, 0.0, f"claimed by {_holder_text(claim)}")
     with claim:
         rec = store.read(rid)
         if rec is not None:
-            fresh = rec.get("finished_at") != seen_finished
-            wanted = force or (retry_failed and rec.get("status") != "ok")
+            fresh = rec.finished_at != seen_finished
+            wanted = force or (retry_failed and not rec.ok)
             if fresh or not wanted:
                 return RunOutcome(rid, DONE_ELSEWHERE, 0.0, None)
-        return _execute_claimed(spec, settings, store, claim)
-
-
-def _execute_claimed(spec: RunSpec, settings: RunSettings, store: RecordStore, claim: Claim) -> RunOutcome:
-    rid = spec.run_id
-    log_path = store.log_path(rid)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = _now()
-    t_start = time.perf_counter()
-    record = {
-        "schema": SCHEMA_VERSION,
-        "run_id": rid,
-        "spec": spec.to_dict(),
-        "started_at": started,
-        "log": store.relative(log_path),
-        "settings": {"threads": settings.threads, "timeout": settings.timeout, "device": settings.device},
-        "environment": environment(),
-    }
-    config = EvalConfig.from_dict(settings.evaluation)
-    record["evaluation"] = config.to_dict()
-    with open(log_path, "w", encoding="utf-8") as log_fh:
-        def say(msg: str) -> None:
-            log_fh.write(f"{_now()} {msg}\n")
-            log_fh.flush()
-
-        handler = logging.StreamHandler(log_fh)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        root_logger = logging.getLogger()
-        root_logger.addHandler(handler)
-        say(f"run {rid}: {spec.describe()}")
-        if claim.taken_over:
-            say(f"took over the claim of a dead process ({_holder_text(claim.taken_over)})")
-        say(f"spec {spec.to_dict()}")
-        say(f"threads {settings.threads}, timeout {settings.timeout}, device {settings.device}")
-        try:
-            with contextlib.redirect_stdout(log_fh), contextlib.redirect_stderr(log_fh), \
-                    _thread_limits(settings.threads, spec.method):
-                _warm_up_metrics()
-                with _time_limit(settings.timeout):
-                    out = evaluate_run(spec, data_root=settings.data_root, device=settings.device, config=config, log=say)
-                protocol_path = store.save_protocol(out.protocol)
-                codes_path, codes_sha256 = store.write_codes(rid, out.codes, spec.n_bits, out.query_repr)
-            record.update(
-                status="ok",
-                error=None,
-                dataset=out.dataset,
-                protocol={**out.protocol.to_dict(), "file": store.relative(protocol_path)},
-                mask=out.mask,
-                method=out.method,
-                metrics=out.metrics,
-                timings={**out.timings, "total_s": time.perf_counter() - t_start},
-                memory=out.memory,
-                device={**out.device, "threads": settings.threads},
-                extras=out.extras,
-                codes=store.relative(codes_path),
-                codes_sha256=codes_sha256,
-            )
-        except (Exception, RunTimeout) as exc:
-            tb = traceback.format_exc()
-            say(f"FAILED: {type(exc).__name__}: {exc}\n{tb}")
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            record.update(
-                status="failed",
-                error={"type": type(exc).__name__, "message": message, "traceback": tb,
-                       "timed_out": isinstance(exc, RunTimeout)},
-                metrics=None,
-                timings={"total_s": time.perf_counter() - t_start},
-                device={"requested": settings.device, "threads": settings.threads},
-            )
-        finally:
-            root_logger.removeHandler(handler)
-        record["finished_at"] = _now_precise()
-        store.write_record(record)  # last: a record exists only with complete codes beside it
-        store.remove_other_codes(rid, record.get("codes"))
-        say(f"record written: status {record['status']}")
-    return RunOutcome(rid, record["status"], time.perf_counter() - t_start,
-                      None if record["status"] == "ok" else record["error"]["message"])
+        log_path = store.log_path(rid)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # the log is on disk from the start, so a long run can be followed while it runs
+        with open(log_path, "w", encoding="utf-8") as log_fh:
+            result = compute_run(spec_dict, settings_dict, log_file=log_fh, taken_over=claim.taken_over)
+        return store.write_result(result)
 
 
 # ---------------------------------------------------------------------------------------- a list of runs
@@ -451,33 +471,140 @@ def check_writable_dir(path, flag: str) -> Path:
     return p
 
 
-def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, force: bool = False,
-              retry_failed: bool = False, progress: bool | None = None, echo=None,
-              label: str = "suite") -> SuiteSummary:
-    """Run every spec that has no record yet; returns what happened (records are on disk).
+@dataclass
+class Plan:
+    """What :func:`run_suite` does with each spec: run it, rescore its record, or keep its record.
 
-    SIGTERM/SIGHUP raise :class:`Terminated` (a KeyboardInterrupt) after the workers are stopped.
+    ``seen`` maps each run id to the ``finished_at`` of the record seen while planning (None: none);
+    ``stale_data`` lists the runs rerun because the data files changed since they were recorded.
+    """
+
+    todo: list[RunSpec] = field(default_factory=list)
+    rescore: list[RunSpec] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stale_data: list[str] = field(default_factory=list)
+    seen: dict[str, str | None] = field(default_factory=dict)
+
+
+def plan_runs(specs: list[RunSpec], store: RecordStore, *, force: bool = False, retry_failed: bool = False,
+              settings: RunSettings | None = None) -> Plan:
+    """Sort specs into runs to dispatch, records to rescore and records to keep.
+
+    Without ``settings`` a record is current when it exists (and is ok, under ``retry_failed``). With
+    them, an ok record is also checked against the data: a data checksum other than the files' now is
+    rerun (never reused), and other evaluation settings are rescored from the stored codes.
+    """
+    plan = Plan()
+    digest = None if settings is None else EvalConfig.from_dict(settings.evaluation).digest
+    checksums: dict[tuple, str] = {}
+    for spec in specs:
+        if spec.run_id in plan.seen:
+            continue
+        rec = store.read(spec.run_id)
+        plan.seen[spec.run_id] = None if rec is None else rec.finished_at
+        if rec is None or force or (retry_failed and not rec.ok):
+            plan.todo.append(spec)
+            continue
+        if settings is None or not rec.ok:
+            plan.skipped.append(spec.run_id)
+            continue
+        key = (spec.dataset, spec.options_json)
+        if key not in checksums:
+            checksums[key] = data_checksum(spec.dataset, settings.data_root, spec.dataset_options)
+        if rec.data_checksum != checksums[key]:
+            plan.stale_data.append(spec.run_id)
+            plan.todo.append(spec)
+        elif needs_rescore(rec, digest):
+            plan.rescore.append(spec)
+        else:
+            plan.skipped.append(spec.run_id)
+    return plan
+
+
+def pending_specs(specs: list[RunSpec], store: RecordStore, *, force: bool = False, retry_failed: bool = False,
+                  settings: RunSettings | None = None) -> list[RunSpec]:
+    """The runs to dispatch (see :func:`plan_runs`), each once, in the order given."""
+    return plan_runs(specs, store, force=force, retry_failed=retry_failed, settings=settings).todo
+
+
+def rescore_runs(specs: list[RunSpec], store: RecordStore, settings: RunSettings) -> tuple[list[str], list[RunSpec]]:
+    """Recompute the metrics of recorded runs under ``settings.evaluation`` from their stored codes.
+
+    Each run is claimed while its record is rewritten. Returns (run ids rescored, specs that could not
+    be rescored and must be rerun); a run claimed elsewhere is left to its holder.
+    """
+    config = EvalConfig.from_dict(settings.evaluation)
+    done, rerun = [], []
+    for spec in specs:
+        claim = store.claim(spec.run_id)
+        if not isinstance(claim, Claim):
+            continue
+        with claim:
+            rec = store.read(spec.run_id)
+            if rec is None or not needs_rescore(rec, config.digest):
+                continue
+            try:
+                new = rescore_record(store, rec, config, settings.data_root)
+            except CannotRescore as exc:
+                store.write_log(spec.run_id, _read_text(store.log_path(spec.run_id))
+                                + f"{_now()} cannot rescore ({exc}); rerunning\n")
+                rerun.append(spec)
+                continue
+            store.write_record(new)
+            done.append(spec.run_id)
+    return done, rerun
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def _cluster_dispatch():
+    try:
+        from benchmark.cluster import dispatch
+    except ImportError as exc:
+        raise InputError(f"--cluster needs the Dask dispatcher (benchmark.cluster), which cannot be imported "
+                         f"({exc}); valid: run without --cluster, or install the 'cluster' extra") from None
+    return dispatch
+
+
+def run_suite(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, force: bool = False,
+              retry_failed: bool = False, progress: bool | None = None, echo=None, label: str = "suite",
+              cluster: str | None = None, cluster_jobs: int | None = None) -> SuiteSummary:
+    """Run every spec that has no current record; returns what happened (records are on disk).
+
+    Records scored under other evaluation settings are rescored from their stored codes, without a
+    fit (:mod:`benchmark.rescore`); records of data files that changed since are rerun. ``cluster``
+    hands the runs to :func:`benchmark.cluster.dispatch` (Dask); without it runs go to this process
+    (``jobs=1``) or a local process pool. SIGTERM/SIGHUP raise :class:`Terminated` (a
+    KeyboardInterrupt) after the workers are stopped.
     """
     echo = echo or (lambda line: print(line, file=sys.stderr))
     check_settings(settings, jobs)
-    EvalConfig.from_dict(settings.evaluation)
     for spec in specs:
         validate_spec(spec, settings.device)
+    dispatch = _cluster_dispatch() if cluster is not None else None
 
     store = RecordStore(settings.results_dir)
     Path(settings.results_dir).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(store.root)
-    todo, skipped = [], []
-    seen: dict[str, str | None] = {}
-    for spec in specs:
-        if spec.run_id in seen:
-            continue
-        rec = store.read(spec.run_id)
-        seen[spec.run_id] = None if rec is None else rec.get("finished_at")
-        if rec is not None and not force and not (retry_failed and rec.get("status") != "ok"):
-            skipped.append(spec.run_id)
-        else:
-            todo.append(spec)
+    plan = plan_runs(specs, store, force=force, retry_failed=retry_failed, settings=settings)
+    seen = plan.seen
+    if plan.stale_data:
+        echo(f"{label}: {len(plan.stale_data)} recorded run(s) read data files that changed since; rerunning them")
+    if plan.rescore:
+        t0 = time.perf_counter()
+        rescored, rerun = rescore_runs(plan.rescore, store, settings)
+        echo(f"{label}: {len(rescored)} recorded run(s) rescored from their stored codes under the suite's "
+             f"evaluation settings, no fit ({time.perf_counter() - t0:.1f}s)")
+        plan.skipped += rescored
+        plan.todo += rerun
+        for spec in rerun:  # its record was rewritten by nobody else: rerun it over the old one
+            seen[spec.run_id] = None if (r := store.read(spec.run_id)) is None else r.finished_at
+    todo, skipped = plan.todo, plan.skipped
     if skipped:
         echo(f"{label}: {len(skipped)} of {len(seen)} run(s) already recorded, skipped (use --force to rerun)")
 
@@ -486,18 +613,18 @@ def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, for
     settings_dict = asdict(settings)
 
     def kwargs_of(spec: RunSpec) -> dict:
-        return {"force": force, "retry_failed": retry_failed, "seen_finished": seen[spec.run_id]}
+        # Every planned run is wanted (no record, forced, failed under retry, stale data, not
+        # rescorable): it replaces the record seen while planning, but not one written since.
+        return {"force": True, "seen_finished": seen[spec.run_id]}
 
     if todo:
         from tqdm.auto import tqdm
 
         show = sys.stderr.isatty() if progress is None else progress
-        bar = tqdm(total=len(todo), desc=label, unit="run", disable=not show, file=sys.stderr, dynamic_ncols=True)
         spec_of = {s.run_id: s for s in todo}
 
-        def done(outcome: RunOutcome):
+        def report(outcome: RunOutcome, write):
             outcomes.append(outcome)
-            bar.update(1)
             spec = spec_of[outcome.run_id]
             line = None
             if outcome.status == ELSEWHERE:
@@ -506,29 +633,44 @@ def run_specs(specs: list[RunSpec], settings: RunSettings, *, jobs: int = 1, for
                 line = (f"failed: {spec.describe()} [{outcome.run_id}]: {outcome.error} "
                         f"(log: {store.log_path(outcome.run_id)})")
             if line:
-                bar.write(line, file=sys.stderr) if show else echo(line)
+                write(line)
 
         try:
             with _termination_signals():
-                if jobs == 1 or len(todo) == 1:
-                    for spec in todo:
-                        done(execute_run(spec.to_dict(), settings_dict, **kwargs_of(spec)))
+                if dispatch is not None:
+                    results = dispatch(todo, settings_dict, cluster, jobs=cluster_jobs, store=store, progress=show)
+                    for outcome in results:
+                        report(outcome, echo)
                 else:
-                    _run_pool(todo, settings_dict, jobs, settings.threads, kwargs_of, done)
+                    bar = tqdm(total=len(todo), desc=label, unit="run", disable=not show, file=sys.stderr,
+                               dynamic_ncols=True)
+
+                    def done(outcome: RunOutcome):
+                        bar.update(1)
+                        report(outcome, lambda line: bar.write(line, file=sys.stderr) if show else echo(line))
+
+                    try:
+                        if jobs == 1 or len(todo) == 1:
+                            for spec in todo:
+                                done(execute_run(spec.to_dict(), settings_dict, **kwargs_of(spec)))
+                        else:
+                            _run_pool(todo, settings_dict, jobs, settings.threads, kwargs_of, done)
+                    finally:
+                        bar.close()
         except KeyboardInterrupt:
+            raise
+        except InputError:
             raise
         except Exception as exc:  # a worker died (killed, out of memory): what finished is on disk
             aborted = " ".join(f"{type(exc).__name__}: {exc}".split())
             echo(f"{label}: stopped early ({aborted}); rerun the same command to resume")
-        finally:
-            bar.close()
 
     elsewhere = {o.run_id for o in outcomes if o.status == ELSEWHERE}
     statuses = {}
     for rid in seen:
         rec = store.read(rid)
         if rec is not None:
-            statuses[rid] = rec.get("status", "failed")
+            statuses[rid] = rec.status
         else:
             statuses[rid] = ELSEWHERE if rid in elsewhere else "missing"
     return SuiteSummary(total=len(seen), skipped=skipped, outcomes=outcomes, statuses=statuses, aborted=aborted)

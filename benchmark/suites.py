@@ -422,10 +422,13 @@ def _dataset_state(name: str, options: dict, data_root, where: str) -> tuple[boo
 
 def _check_dataset_options(name: str, options: dict, where: str) -> None:
     """Options against the dataset's declared ones (before any work): a typo fails in one line."""
-    from datasets._io import check_declared_options
+    import datasets
 
+    check = getattr(datasets, "check_options", None)  # contract item 3 (datasets' OPTION_CONSTRAINTS)
+    if check is None:
+        return
     try:
-        check_declared_options(name, options)
+        check(name, options)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
 

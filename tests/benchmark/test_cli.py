@@ -17,7 +17,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.records import RecordStore
-from benchmark.runner import RunSettings, run_specs
+from benchmark.runner import RunSettings, run_suite
 from benchmark.suites import expand_suite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,7 +274,7 @@ def test_kill_9_at_random_points_then_rerun_loses_corrupts_and_duplicates_nothin
     assert leftovers == []
     # the interrupted suite gives the same codes and metrics as an uninterrupted one
     ref = tmp_path / "reference"
-    run_specs(specs, RunSettings(results_dir=str(ref), threads=1, evaluation=expand_suite(suite).evaluation),
+    run_suite(specs, RunSettings(results_dir=str(ref), threads=1, evaluation=expand_suite(suite).evaluation),
               progress=False)
     a, b = RecordStore(results), RecordStore(ref)
     for rid in expected:

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmark.errors import DataFileError, InputError
-from benchmark.records import RecordStore, load_records, read_codes_file
-from benchmark.runner import DONE_ELSEWHERE, ELSEWHERE, RunSettings, execute_run, run_specs
+from benchmark.records import RecordStore, load_frame, read_codes_file
+from benchmark.runner import DONE_ELSEWHERE, ELSEWHERE, RunSettings, execute_run, run_suite
 from benchmark.suites import expand_suite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ def check_store(results: Path, expected: set[str] | None = None) -> set[str]:
     """Every record parses, matches its file name, names codes whose hash matches, and its MAP is the
     MAP recomputed from those codes (so no record sits beside another process's codes)."""
     from benchmark import metrics as M
-    from benchmark.evaluate import load_dataset_cached
+    from benchmark.datacache import load_dataset_cached
     from datasets import Protocol
 
     store = RecordStore(results)
@@ -190,30 +190,30 @@ def test_a_claimed_run_is_reported_running_elsewhere_and_is_not_a_failure(tmp_pa
     held = store.claim(specs[0].run_id)  # flock conflicts between two opens, even in one process
     lines = []
     try:
-        summary = run_specs(specs, RunSettings(results_dir=str(results), threads=1), progress=False,
+        summary = run_suite(specs, RunSettings(results_dir=str(results), threads=1), progress=False,
                             echo=lines.append)
     finally:
         held.release()
     assert summary.failed == [] and summary.elsewhere == [specs[0].run_id]
     assert any(line.startswith("running elsewhere: faultplug:NonDet") and f"pid {os.getpid()}" in line
                for line in lines)
-    assert store.read(specs[0].run_id) is None and store.read(specs[1].run_id)["status"] == "ok"
+    assert store.read(specs[0].run_id) is None and store.read(specs[1].run_id).status == "ok"
 
 
 def test_a_record_written_while_waiting_is_kept_even_with_force(tmp_path, plugin_dir):
     suite = write_suite(tmp_path / "s.yaml", bits="[8]", seeds="[0]")
     spec = expand_suite(suite).specs[0]
     settings = RunSettings(results_dir=str(tmp_path / "results"), threads=1)
-    run_specs([spec], settings, progress=False)
+    run_suite([spec], settings, progress=False)
     store = RecordStore(tmp_path / "results")
     before = store.record_path(spec.run_id).read_bytes()
     # planned when there was no record: another runner wrote it meanwhile
     out = execute_run(spec.to_dict(), asdict(settings), force=True, seen_finished=None)
     assert out.status == DONE_ELSEWHERE and store.record_path(spec.run_id).read_bytes() == before
     # planned with this very record and --force: it reruns
-    seen = store.read(spec.run_id)["finished_at"]
+    seen = store.read(spec.run_id).finished_at
     out = execute_run(spec.to_dict(), asdict(settings), force=True, seen_finished=seen)
-    assert out.status == "ok" and store.read(spec.run_id)["finished_at"] != seen
+    assert out.status == "ok" and store.read(spec.run_id).finished_at != seen
     assert len(list((tmp_path / "results" / "codes").iterdir())) == 1  # the replaced codes are gone
 
 
@@ -410,13 +410,13 @@ def test_an_injected_full_disk_stops_the_runner_cleanly_and_a_rerun_completes(tm
 
     monkeypatch.setattr(R.os, "fsync", full_disk_fsync)
     lines = []
-    summary = run_specs(specs, settings, progress=False, echo=lines.append)
+    summary = run_suite(specs, settings, progress=False, echo=lines.append)
     monkeypatch.undo()
     assert summary.aborted and "No space left on device" in summary.aborted
     assert any("stopped early" in line and "rerun the same command" in line for line in lines)
     done = check_store(tmp_path / "results", expected)
     assert done != expected and summary.failed  # the rest is reported missing, not silently ok
-    again = run_specs(specs, settings, progress=False, echo=lines.append)
+    again = run_suite(specs, settings, progress=False, echo=lines.append)
     assert again.failed == [] and check_store(tmp_path / "results", expected) == expected
 
 
@@ -425,16 +425,16 @@ def test_corrupt_records_and_codes(tmp_path, plugin_dir):
     suite = write_suite(tmp_path / "s.yaml", bits="[8]", seeds="[0, 1]")
     specs = expand_suite(suite).specs
     settings = RunSettings(results_dir=str(tmp_path / "results"), threads=1)
-    run_specs(specs, settings, progress=False)
+    run_suite(specs, settings, progress=False)
     store = RecordStore(tmp_path / "results")
     a, b = (s.run_id for s in specs)
     # a truncated record: the run counts as not done and is rerun
     path = store.record_path(a)
     path.write_bytes(path.read_bytes()[:50])
-    again = run_specs(specs, settings, progress=False)
+    again = run_suite(specs, settings, progress=False)
     assert [o.run_id for o in again.outcomes] == [a] and again.failed == []
     # a damaged codes file: its record refuses it (hash), naming the file
-    codes = tmp_path / "results" / store.read(b)["codes"]
+    codes = tmp_path / "results" / store.read(b).codes
     raw = bytearray(codes.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     codes.write_bytes(bytes(raw))
@@ -442,7 +442,7 @@ def test_corrupt_records_and_codes(tmp_path, plugin_dir):
         store.read_codes(b)
     # a legacy record without a hash: the damaged file is still refused in one line
     rec = store.read(b)
-    del rec["codes_sha256"]
+    rec.codes_sha256 = None
     store.write_record(rec)
     codes.write_bytes(bytes(raw[: len(raw) // 3]))
     with pytest.raises(DataFileError, match="cannot be read"):
@@ -461,11 +461,11 @@ def test_fuzzed_records_fail_in_one_line_or_are_skipped(tmp_path_factory, head, 
     (root / "records").mkdir()
     (root / "records" / "r.json").write_bytes(head + body)
     try:
-        load_records(root)
+        load_frame(root)
     except DataFileError as exc:
         assert "\n" not in str(exc) and "r.json" in str(exc)
     skipped = []
-    load_records(root, on_corrupt=skipped.append)  # never raises
+    load_frame(root, on_corrupt=skipped.append)  # never raises
     assert RecordStore(root).read("x") is None
 
 
@@ -481,7 +481,7 @@ def test_records_with_unexpected_json_fail_in_one_line(tmp_path_factory, content
     root = tmp_path_factory.mktemp("rec")
     RecordStore(root).write_record({**content, "run_id": "r"})
     try:
-        load_records(root)
+        load_frame(root)
     except DataFileError as exc:
         assert "\n" not in str(exc) and "r.json" in str(exc)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmark.errors import DataFileError
-from benchmark.records import (FRAME_COLUMNS, RecordStore, atomic_write_json, load_records, records_to_frame,
+from benchmark.records import (FRAME_COLUMNS, RecordStore, atomic_write_json, load_frame, records_to_frame,
                                remove_stale_temporaries, to_jsonable)
 
 
@@ -158,8 +158,8 @@ def test_load_records_reads_every_record_and_filters(tmp_path):
     store = RecordStore(tmp_path)
     for rid in ("r1", "r2", "r3"):
         store.write_record(_record(rid))
-    assert set(load_records(tmp_path)["run_id"]) == {"r1", "r2", "r3"}
-    assert set(load_records(tmp_path, run_ids=["r2"])["run_id"]) == {"r2"}
+    assert set(load_frame(tmp_path)["run_id"]) == {"r1", "r2", "r3"}
+    assert set(load_frame(tmp_path, run_ids=["r2"])["run_id"]) == {"r2"}
     assert store.read("r1")["status"] == "ok" and store.read("missing") is None
 
 
@@ -168,5 +168,5 @@ def test_corrupt_record_is_an_error_naming_the_file(tmp_path):
     store.write_record(_record("good"))
     (tmp_path / "records" / "bad.json").write_text('{"run_id": "bad", "status": ')
     with pytest.raises(DataFileError, match=r"bad\.json: cannot be parsed"):
-        load_records(tmp_path)
+        load_frame(tmp_path)
     assert store.read("bad") is None  # the runner treats it as not done and reruns it
