@@ -17,11 +17,39 @@ objective (``loss_history_``), the result carries it: it says, without any query
 
     python scripts/validate.py --method dcmh --set image_hidden=1024 --set text_hidden=4096
     python scripts/validate.py --method rdcmh --set lam=1.0 --bits 16 --seed 0 --json out.json
+
+Rerunning a selection
+---------------------
+``--selection METHOD`` reruns every candidate of ``METHOD``'s ``validation_selection`` for every seed
+and prints a Markdown table of mean and std (sample std, ddof 1; none for one seed) per direction,
+beside the recorded figures. ``--seeds 0,1,2,3,4`` replaces the recorded seeds; ``--candidates FILE``
+(YAML or JSON) or ``--grid PARAM=V1,V2`` (repeatable; the cartesian product) replaces the recorded
+candidates, so a new selection runs the same way; ``--json`` writes the result in the format below,
+ready to paste into the class. ::
+
+    python scripts/validate.py --selection rdcmh --seeds 0,1,2,3,4 --json rdcmh_selection.json
+    python scripts/validate.py --selection rdcmh --grid sampler=bins,top --grid cross_terms=eq5,cross
+
+The format of ``validation_selection`` (a dict on the Hasher class; extra keys are kept, not read)::
+
+    {"method": "rdcmh",                       # registry name
+     "dataset": "wiki", "bits": 16, "mask": 0.0, "fraction": 0.2, "match_steps": False,
+     "base_params": {...},                    # optional: parameters every candidate shares
+     "seeds": [0, 1, 2, 3, 4],                # each seed sets the split, the mask and random_state
+     "candidates": [{"params": {...},         # over base_params, over the class defaults
+                     "map_i2t": [mean, std], "map_t2i": [mean, std]}, ...],
+     "chosen": {...}, "why": "..."}
+
+A candidates file holds either a list of candidates (``{"params": {...}}``, or bare params dicts) or a
+dict with any of ``base_params``, ``candidates`` and ``grid`` (``{param: [values, ...]}``, expanded to
+the cartesian product); its settings keys (``dataset``, ``bits``, ...) override the selection's.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -103,29 +131,174 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     return out
 
 
+SETTINGS = ("dataset", "bits", "mask", "fraction", "match_steps")
+
+
+def parse_grid(pairs: list[str]) -> list[dict]:
+    """``["sampler=bins,top", "lam=0.1,1"]`` -> the 4 params dicts of the cartesian product (JSON values)."""
+    axes = []
+    for kv in pairs:
+        key, sep, values = kv.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"--grid {kv!r} is invalid; valid: PARAM=V1,V2,..., e.g. --grid sampler=bins,top")
+        axes.append([(key, parse_overrides([f"{key}={x}"])[key]) for x in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def load_candidates(path: Path) -> dict:
+    """A candidates file (YAML or JSON) -> ``{"candidates": [...], and any base_params / settings it gives}``."""
+    text = Path(path).read_text()
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if isinstance(data, list):
+        data = {"candidates": data}
+    if not isinstance(data, dict):
+        raise SystemExit(f"--candidates {path}: expected a list of candidates or a dict; valid: see --help")
+    out = {k: data[k] for k in (*SETTINGS, "base_params", "seeds") if k in data}
+    cands = [c if isinstance(c, dict) and "params" in c else {"params": c} for c in data.get("candidates", [])]
+    if "grid" in data:
+        grid = data["grid"]
+        keys = list(grid)
+        cands += [{"params": dict(zip(keys, combo))} for combo in itertools.product(*(grid[k] for k in keys))]
+    if not cands:
+        raise SystemExit(f"--candidates {path}: no candidates; valid: a 'candidates' list or a 'grid' dict")
+    out["candidates"] = cands
+    return out
+
+
+def check_selection(sel, method: str) -> dict:
+    """The selection dict, checked for the keys this script reads (one-line SystemExit otherwise)."""
+    if not isinstance(sel, dict):
+        raise SystemExit(f"{method} has no validation_selection dict; valid: a method that declares one")
+    missing = [k for k in ("dataset", "bits", "seeds", "candidates") if k not in sel]
+    if missing:
+        raise SystemExit(f"{method}.validation_selection lacks {', '.join(missing)}; valid: the format in "
+                         "scripts/validate.py's docstring")
+    bad = [c for c in sel["candidates"] if not isinstance(c, dict) or not isinstance(c.get("params"), dict)]
+    if bad:
+        raise SystemExit(f"{method}.validation_selection: candidate {bad[0]!r} has no params dict")
+    return sel
+
+
+def mean_std(values: list[float]) -> list:
+    """[mean, sample std] rounded to 4 places; std None for a single value."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return [round(m, 4), None]
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return [round(m, 4), round(sd, 4)]
+
+
+def run_selection(method: str, selection: dict, seeds=None, device: str = "cpu", progress=print,
+                  on_candidate=None) -> dict:
+    """Every candidate of ``selection`` for every seed; the selection back with measured figures."""
+    sel = check_selection(selection, method)
+    seeds = [int(s) for s in (seeds if seeds is not None else sel["seeds"])]
+    base = dict(sel.get("base_params") or {})
+    out = {k: v for k, v in sel.items() if k not in ("candidates",)}
+    out.update({"method": method, "seeds": seeds, "candidates": []})
+    for k, cand in enumerate(sel["candidates"]):
+        runs = []
+        for seed in seeds:
+            res = validation_map(method, {**base, **cand["params"]}, sel["dataset"], int(sel["bits"]), seed,
+                                 float(sel.get("mask", 0.0)), float(sel.get("fraction", 0.2)), device,
+                                 bool(sel.get("match_steps", False)))
+            runs.append({"seed": seed, "map_i2t": res["val_map_i2t"], "map_t2i": res["val_map_t2i"],
+                         "fit_s": res["fit_s"]})
+            progress(f"[{k + 1}/{len(sel['candidates'])}] {json.dumps(cand['params'])} seed {seed}: "
+                     f"{res['val_map_i2t']:.4f} / {res['val_map_t2i']:.4f} ({res['fit_s']} s)")
+        measured = {"params": cand["params"],
+                    "map_i2t": mean_std([r["map_i2t"] for r in runs]),
+                    "map_t2i": mean_std([r["map_t2i"] for r in runs]), "runs": runs}
+        if "map_i2t" in cand:
+            measured["recorded"] = {"map_i2t": cand.get("map_i2t"), "map_t2i": cand.get("map_t2i")}
+        out["candidates"].append(measured)
+        if on_candidate is not None:
+            on_candidate(out)
+    return out
+
+
+def selection_table(result: dict) -> str:
+    """Markdown: one row per candidate, mean ± std per direction, and the recorded figures where given."""
+    def cell(ms):
+        if not ms:
+            return "n/a"
+        return f"{ms[0]:.4f}" if ms[1] is None else f"{ms[0]:.4f} ± {ms[1]:.4f}"
+
+    seeds = ",".join(str(s) for s in result["seeds"])
+    lines = [f"{result['method']} on {result['dataset']}, {result['bits']} bits, mask {result.get('mask', 0.0)}, "
+             f"seeds {seeds}, validation MAP@all (tie-aware):", "",
+             "| params | I→T | T→I | recorded I→T | recorded T→I |", "|---|---|---|---|---|"]
+    for c in result["candidates"]:
+        rec = c.get("recorded") or {}
+        params = ", ".join(f"{k}={v}" for k, v in c["params"].items())
+        lines.append(f"| {params} | {cell(c['map_i2t'])} | {cell(c['map_t2i'])} | {cell(rec.get('map_i2t'))} | "
+                     f"{cell(rec.get('map_t2i'))} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", required=True)
-    ap.add_argument("--dataset", default="wiki")
-    ap.add_argument("--bits", type=int, default=16)
+    ap.add_argument("--method", default=None, help="one run of this method (see --set)")
+    ap.add_argument("--selection", default=None, metavar="METHOD",
+                    help="rerun every candidate of METHOD's validation_selection for every seed")
+    ap.add_argument("--seeds", default=None, help="--selection: comma-separated seeds replacing the recorded ones")
+    ap.add_argument("--candidates", type=Path, default=None, help="--selection: YAML/JSON file of candidates")
+    ap.add_argument("--grid", action="append", default=[], metavar="PARAM=V1,V2",
+                    help="--selection: candidates as a cartesian product (repeatable)")
+    ap.add_argument("--dataset", default=None)
+    ap.add_argument("--bits", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mask", type=float, default=0.0)
-    ap.add_argument("--fraction", type=float, default=0.2, help="share of the training items held out as queries")
+    ap.add_argument("--mask", type=float, default=None)
+    ap.add_argument("--fraction", type=float, default=None, help="share of the training items held out as queries")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
-                    help="override a constructor parameter (repeatable)")
+                    help="override a constructor parameter (repeatable; with --selection: added to base_params)")
     ap.add_argument("--match-steps", action="store_true",
                     help="scale epochs so the fit makes as many SGD steps as on every training item")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args(argv)
+    if (args.method is None) == (args.selection is None):
+        raise SystemExit("give exactly one of --method (one run) and --selection (a method's whole selection)")
     sys.path.insert(0, str(ROOT))
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = validation_map(args.method, parse_overrides(args.set), args.dataset, args.bits, args.seed, args.mask,
-                         args.fraction, args.device, args.match_steps)
+    if args.selection:
+        from methods import get_method
+
+        sel = dict(check_selection(getattr(get_method(args.selection), "validation_selection", None), args.selection))
+        if args.candidates:
+            sel.update(load_candidates(args.candidates))
+        if args.grid:
+            sel["candidates"] = [{"params": p} for p in parse_grid(args.grid)]
+        for key, value in (("dataset", args.dataset), ("bits", args.bits), ("mask", args.mask),
+                           ("fraction", args.fraction)):
+            if value is not None:
+                sel[key] = value
+        if args.match_steps:
+            sel["match_steps"] = True
+        if args.set:
+            sel["base_params"] = {**(sel.get("base_params") or {}), **parse_overrides(args.set)}
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+
+        def save(partial):
+            if args.json:
+                args.json.write_text(json.dumps(partial, indent=1))
+
+        result = run_selection(args.selection, sel, seeds, args.device, progress=lambda m: print(m, flush=True),
+                               on_candidate=save)
+        print(selection_table(result))
+        save(result)
+        return 0
+    out = validation_map(args.method, parse_overrides(args.set), args.dataset or "wiki", args.bits or 16, args.seed,
+                         args.mask or 0.0, args.fraction or 0.2, args.device, args.match_steps)
     print(json.dumps(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -65,3 +65,97 @@ def test_match_steps_sets_epochs_and_records_the_training_objective():
     assert out["loss_history_epochs"] == [0, 6] and len(out["loss_history"]) == 2
     with pytest.raises(SystemExit, match="no epochs and batch_size"):
         validation_map("random", {}, "wiki", match_steps=True)
+
+
+# ------------------------------------------------------------------------------- --selection
+def test_grid_is_the_cartesian_product_with_json_values():
+    from validate import parse_grid
+
+    assert parse_grid(["sampler=bins,top", "lam=0.1,1"]) == [
+        {"sampler": "bins", "lam": 0.1}, {"sampler": "bins", "lam": 1},
+        {"sampler": "top", "lam": 0.1}, {"sampler": "top", "lam": 1}]
+    with pytest.raises(SystemExit, match="PARAM=V1,V2"):
+        parse_grid(["sampler"])
+
+
+def test_candidates_file_yaml_and_json(tmp_path):
+    from validate import load_candidates
+
+    y = tmp_path / "c.yaml"
+    y.write_text("bits: 32\nbase_params: {n_iter: 50}\ncandidates:\n  - {params: {lam: 0.1}}\n  - {lam: 1.0}\n"
+                 "grid: {sampler: [bins, top]}\n")
+    got = load_candidates(y)
+    assert got["bits"] == 32 and got["base_params"] == {"n_iter": 50}
+    assert [c["params"] for c in got["candidates"]] == [{"lam": 0.1}, {"lam": 1.0}, {"sampler": "bins"},
+                                                        {"sampler": "top"}]
+    j = tmp_path / "c.json"
+    j.write_text('[{"lam": 0.5}]')
+    assert load_candidates(j) == {"candidates": [{"params": {"lam": 0.5}}]}
+    j.write_text("{}")
+    with pytest.raises(SystemExit, match="no candidates"):
+        load_candidates(j)
+
+
+def test_run_selection_runs_every_candidate_for_every_seed(monkeypatch):
+    import validate
+
+    calls = []
+
+    def fake(method, overrides, dataset, n_bits, seed, mask, fraction, device, match_steps):
+        calls.append((method, dict(overrides), dataset, n_bits, seed, mask, fraction, match_steps))
+        return {"val_map_i2t": 0.1 * overrides["lam"] + seed / 100, "val_map_t2i": 0.2, "fit_s": 1.0}
+
+    monkeypatch.setattr(validate, "validation_map", fake)
+    sel = {"dataset": "wiki", "bits": 8, "mask": 0.3, "fraction": 0.25, "match_steps": False,
+           "base_params": {"n_iter": 5}, "seeds": [9],
+           "candidates": [{"params": {"lam": 1.0}, "map_i2t": [0.5, None]}, {"params": {"lam": 2.0, "n_iter": 7}}]}
+    saved = []
+    out = validate.run_selection("rdcmh", sel, seeds=[0, 1, 2], progress=lambda m: None,
+                                 on_candidate=lambda r: saved.append(len(r["candidates"])))
+    assert [(c[1], c[4]) for c in calls] == [({"n_iter": 5, "lam": 1.0}, s) for s in (0, 1, 2)] + [
+        ({"n_iter": 7, "lam": 2.0}, s) for s in (0, 1, 2)]
+    assert all(c[2:4] == ("wiki", 8) and c[5:] == (0.3, 0.25, False) for c in calls)
+    assert out["seeds"] == [0, 1, 2] and saved == [1, 2]
+    first = out["candidates"][0]
+    assert first["map_i2t"] == [0.11, 0.01]  # 0.10, 0.11, 0.12: mean 0.11, sample std 0.01
+    assert first["map_t2i"] == [0.2, 0.0] and first["recorded"]["map_i2t"] == [0.5, None]
+    assert "recorded" not in out["candidates"][1]
+    table = validate.selection_table(out)
+    assert "| lam=1.0 | 0.1100 ± 0.0100 | 0.2000 ± 0.0000 | 0.5000 | n/a |" in table
+
+
+def test_rdcmh_selection_is_well_formed_and_names_real_parameters():
+    from validate import check_selection
+
+    from methods import get_method
+
+    cls = get_method("rdcmh")
+    sel = check_selection(cls.validation_selection, "rdcmh")
+    names = set(cls._get_param_names())
+    assert len(sel["candidates"]) >= 10 and sel["dataset"] == "wiki"
+    for cand in sel["candidates"]:
+        params = {**sel["base_params"], **cand["params"]}
+        assert set(params) <= names
+        cls(**params).validate_params()
+        assert len(cand["map_i2t"]) == 2 and len(cand["map_t2i"]) == 2
+    assert set(sel["chosen"]) <= names and all(cls().get_params()[k] == v for k, v in sel["chosen"].items())
+    with pytest.raises(SystemExit, match="lacks"):
+        check_selection({"dataset": "wiki"}, "x")
+
+
+def test_selection_command_end_to_end_on_a_tiny_grid(tmp_path, capsys):
+    import json
+
+    from validate import main
+
+    out = tmp_path / "sel.json"
+    main(["--selection", "rdcmh", "--seeds", "0,1", "--grid", "sampler=bins,pairs", "--set", "n_iter=2",
+          "--set", "image_hidden=16", "--set", "text_hidden=16", "--set", "batch_size=16", "--bits", "8",
+          "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "| sampler=bins |" in text and "| sampler=pairs |" in text and "seeds 0,1" in text
+    res = json.loads(out.read_text())
+    assert [len(c["runs"]) for c in res["candidates"]] == [2, 2] and res["bits"] == 8
+    assert res["base_params"]["n_iter"] == 2
+    with pytest.raises(SystemExit, match="exactly one"):
+        main([])
