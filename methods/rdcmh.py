@@ -349,10 +349,10 @@ class RDCMH(Hasher):
     def _batches(self, sim, n, gen, dev, count: int):
         """``count`` triplet batches, drawn in order from one generator (so the same seed gives the same batches).
 
-        Drawn inline, between optimiser steps. A worker thread that prepared batch t+1 during the
-        steps of batch t was tried and is slower on CPU: its torch calls open a second OpenMP team
-        that competes with the training's for the same cores (Wiki, 500 iterations, 2 threads:
-        26.9 s with the thread vs 19.6 s inline, identical codes; scripts/bench_rdcmh.py).
+        Drawn inline, between optimiser steps: a worker thread preparing batch t+1 during the steps
+        of batch t is slower on CPU, because its torch calls open a second OpenMP team that competes
+        with the training's for the same cores (Wiki, 500 iterations, 2 threads: 26.9 s with the
+        thread vs 19.6 s inline, identical codes; scripts/bench_rdcmh.py).
         """
         stream = self._queries(n, gen)
         for _ in range(count):
