@@ -73,7 +73,7 @@ def run_one(method: str, size: str, bits: int, seed: int) -> dict:
     cls = get_method(method)
     train, database, query = _load(size, seed)
     params = {"n_bits": bits, "random_state": seed}
-    hasher = cls(**{k: v for k, v in params.items() if k in cls._get_param_names()})
+    hasher = cls(**{k: v for k, v in params.items() if k in cls().get_params()})
     rss_before = _rss_mb()
     tracemalloc.start()
     t0, c0 = time.perf_counter(), time.process_time()
