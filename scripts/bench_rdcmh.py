@@ -13,6 +13,7 @@ training items, and peak RSS (the data's own footprint is reported separately as
     python scripts/bench_rdcmh.py                         # both cases, 500 iterations, 2 threads
     python scripts/bench_rdcmh.py --cases mirflickr --iters 100 --threads 1 --json out.json
     python scripts/bench_rdcmh.py --method rdcmh-nd --device cuda
+    python scripts/bench_rdcmh.py --cases wiki --sampler pairs  # another reading of the ranking lists
 
 Timings depend on what else runs on the machine: say so when reporting them.
 """
@@ -73,7 +74,8 @@ def _child(args) -> dict:
     import methods.rdcmh as R
 
     R.sample_triplets = timed
-    h = make_method(args.method, n_bits=args.bits, n_iter=args.iters, device=args.device, random_state=args.seed)
+    h = make_method(args.method, n_bits=args.bits, n_iter=args.iters, device=args.device, random_state=args.seed,
+                    sampler=args.sampler)
     wall, cpu = time.perf_counter(), time.process_time()
     h.fit(image, text, labels)
     fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="bins", help="RDCMH's triplet sampler (methods._triplets.SAMPLERS)")
     p.add_argument("--json", help="also write the records to this file")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = p.parse_args(argv)
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
     for case in args.cases:
         cmd = [sys.executable, __file__, "--case", case, "--method", args.method, "--bits", str(args.bits),
                "--iters", str(args.iters), "--threads", str(args.threads), "--device", args.device,
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), "--sampler", args.sampler]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if res.returncode != 0:
