@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.reports import DIRECTION_LABELS, dataset_sort_key, method_sort_key
+from benchmark.reports import DIRECTION_LABELS, dataset_labels, method_labels
 
 __all__ = ["write_plots"]
 
@@ -36,8 +36,7 @@ def _save(fig, path: Path) -> list[Path]:
 
 
 def _labels(frame: pd.DataFrame) -> list[str]:
-    pairs = frame[["label", "method"]].drop_duplicates().itertuples(index=False)
-    return [label for label, _ in sorted(pairs, key=lambda p: method_sort_key(p[0], p[1]))]
+    return method_labels(frame)
 
 
 def _grid(n_rows: int, n_cols: int):
@@ -136,8 +135,7 @@ def write_plots(frame: pd.DataFrame, out_dir: Path | str, metric: str = "map") -
     if ok.empty:
         return []
     written: list[Path] = []
-    pairs = ok[["dataset_label", "dataset"]].drop_duplicates().itertuples(index=False)
-    for dlabel, _ in sorted(pairs, key=lambda p: dataset_sort_key(p[0], p[1])):
+    for dlabel in dataset_labels(ok):
         for direction in ("i2t", "t2i"):
             sub = ok[(ok["dataset_label"] == dlabel) & (ok["direction"] == direction)]
             if sub.empty:

@@ -32,14 +32,14 @@ import hashlib
 import inspect
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from benchmark.errors import InputError
+from benchmark.jsonable import to_jsonable
+from cmhcore.errors import InputError
 
 __all__ = [
     "RunSpec", "Suite", "Expansion", "SUITES_DIR", "list_suites", "suite_path", "load_suite",
@@ -60,22 +60,8 @@ _DATASET_KEYS = {"name", "options", "label"}
 
 # ---------------------------------------------------------------------------------------- canonical form
 def _canonical(value: Any, where: str) -> Any:
-    """Plain JSON types with a stable representation (tuples -> lists, numpy scalars -> Python)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(f"{where}: {value!r} is not a finite number")
-        return float(value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar
-        return _canonical(value.item(), where)
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v, where) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _canonical(v, where) for k, v in value.items()}
-    raise InputError(f"{where}: value {value!r} of type {type(value).__name__} cannot be recorded; use numbers, strings, booleans, null or lists")
+    """Plain JSON types with a stable representation; non-finite numbers and other types are refused."""
+    return to_jsonable(value, nonfinite="raise", where=where)
 
 
 def canonical_json(value: Any) -> str:

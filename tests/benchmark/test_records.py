@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from benchmark.codesfile import codes_arrays
 from benchmark.errors import DataFileError
 from benchmark.records import (FRAME_COLUMNS, RecordStore, atomic_write_json, load_frame, records_to_frame,
                                remove_stale_temporaries, to_jsonable)
@@ -70,9 +71,9 @@ def test_codes_round_trip_packed(tmp_path, n_bits):
     codes = {k: np.where(rng.random((7, n_bits)) < 0.5, -1, 1).astype(np.int8)
              for k in ("db_image", "db_text", "query_image", "query_text")}
     store = RecordStore(tmp_path)
-    path, digest = store.write_codes("rid", codes, n_bits, {"query_image_repr": np.arange(6.0).reshape(2, 3)})
+    path, digest = store.write_codes("rid", codes_arrays(codes, n_bits, {"query_image_repr": np.arange(6.0).reshape(2, 3)}))
     assert path.name == f"rid-{digest[:16]}.npz" and len(digest) == 64
-    store.write_record({"run_id": "rid", "codes": store.relative(path), "codes_sha256": digest})
+    store.write_record({"run_id": "rid", "spec": {}, "codes": store.relative(path), "codes_sha256": digest})
     back = store.read_codes("rid")
     for k, v in codes.items():
         assert back[k].dtype == np.int8 and np.array_equal(back[k], v)
@@ -83,10 +84,10 @@ def test_codes_are_bound_to_their_record_by_hash(tmp_path):
     """Codes of another process (different content) get another file name, and a record never reads them."""
     store = RecordStore(tmp_path)
     ones = {"db_image": np.ones((3, 8), np.int8)}
-    mine, digest = store.write_codes("rid", ones, 8)
-    other, _ = store.write_codes("rid", {"db_image": -ones["db_image"]}, 8)
+    mine, digest = store.write_codes("rid", codes_arrays(ones, 8))
+    other, _ = store.write_codes("rid", codes_arrays({"db_image": -ones["db_image"]}, 8))
     assert mine != other and mine.is_file() and other.is_file()
-    store.write_record({"run_id": "rid", "codes": store.relative(mine), "codes_sha256": digest})
+    store.write_record({"run_id": "rid", "spec": {}, "codes": store.relative(mine), "codes_sha256": digest})
     store.remove_other_codes("rid", store.relative(mine))
     assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == [mine.name]
     assert (store.read_codes("rid")["db_image"] == 1).all()
@@ -160,7 +161,7 @@ def test_load_records_reads_every_record_and_filters(tmp_path):
         store.write_record(_record(rid))
     assert set(load_frame(tmp_path)["run_id"]) == {"r1", "r2", "r3"}
     assert set(load_frame(tmp_path, run_ids=["r2"])["run_id"]) == {"r2"}
-    assert store.read("r1")["status"] == "ok" and store.read("missing") is None
+    assert store.read("r1").status == "ok" and store.read("missing") is None
 
 
 def test_corrupt_record_is_an_error_naming_the_file(tmp_path):

@@ -89,7 +89,7 @@ def test_failed_runs_are_listed(frame):
 def test_tables_are_written_and_byte_identical_when_rewritten(frame, tmp_path):
     written = write_reports(frame, tmp_path / "a", plots=False)
     names = sorted(p.relative_to(tmp_path / "a").as_posix() for p in written)
-    assert names == ["results.md", "table_map_mask0.7.md", "table_map_mask0.7.tex", "table_map_mask0.md",
+    assert names == ["results.csv", "results.md", "table_map_mask0.7.md", "table_map_mask0.7.tex", "table_map_mask0.md",
                      "table_map_mask0.tex", "table_timing.md", "table_timing.tex"]
     write_reports(frame.sample(frac=1.0, random_state=0), tmp_path / "b", plots=False)  # row order must not matter
     for n in names:
@@ -125,7 +125,11 @@ def test_empty_frame_gives_no_tables():
 
 
 def test_captions_name_the_image_input_of_each_method_on_pixel_datasets(tmp_path):
-    from benchmark.records import image_input
+    from benchmark.records import Record
+    from benchmark.records import image_input as of_record
+
+    def image_input(rec):
+        return of_record(Record.from_dict(rec))
 
     gist = {"name": "mini", "image": [10, 512], "image_kind": "features", "image_features": "gist",
             "image_features_params": '{"image_size": 128}'}
@@ -147,3 +151,35 @@ def test_captions_name_the_image_input_of_each_method_on_pixel_datasets(tmp_path
     assert "Image input on mini: gist 512-d (128 px) (scm-seq); pixels 64 px, cnnf pretrained (rdcmh)." in text
     assert "Image input on wiki" not in text  # every method read Wiki's own feature vectors
     assert "Image input on mini" in (tmp_path / "table_map_mask0.tex").read_text()
+
+
+def test_captions_state_each_conventions_and_cells_never_mix_them(tmp_path):
+    """A suite scored with ties: stable, no_relevant: zero beside the default gets its own table and caption."""
+    def conv(rec, ties, no_relevant):
+        for m in rec["metrics"].values():
+            m["ties"], m["no_relevant"] = ties, no_relevant
+        return rec
+
+    recs = [record("d0", "random", 0, 0.2, 0.2), record("d1", "scm-orth", 0, 0.5, 0.5),
+            conv(record("z0", "random", 1, 0.1, 0.1), "stable", "zero"),
+            conv(record("z1", "scm-orth", 1, 0.4, 0.4), "stable", "zero")]
+    frame = records_to_frame(recs)
+    assert set(frame.loc[frame["metric"] == "map", "ties"]) == {"average", "stable"}
+    assert set(frame.loc[frame["metric"] == "map_stable", "ties"]) == {"stable"}
+    written = {p.name for p in write_reports(frame, tmp_path, plots=False)}
+    assert {"table_map_mask0_average-exclude-None.md", "table_map_mask0_stable-zero-None.md"} <= written
+    text = (tmp_path / "results.md").read_text()
+    assert "Tie-aware (expected over the orders of items at equal distance); queries with no relevant database " \
+           "item excluded from the mean (and counted)." in text
+    assert "Ties broken by database order; queries with no relevant database item scored 0." in text
+    default = (tmp_path / "table_map_mask0_average-exclude-None.md").read_text()
+    stable = (tmp_path / "table_map_mask0_stable-zero-None.md").read_text()
+    assert "0.5000" in default and "0.4000" not in default  # one seed each: never averaged together
+    assert "0.4000" in stable and "0.5000" not in stable
+    tex = (tmp_path / "table_map_mask0_stable-zero-None.tex").read_text()
+    assert "ties broken by database order" in tex.lower() and "tie-aware" not in tex.lower()
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert len(csv) == 2 * 4 and {"ties", "no_relevant", "protocol", "map"} <= set(csv.columns)
+    assert sorted(csv.loc[csv["run_id"] == "z0", "no_relevant"]) == ["zero", "zero"]
