@@ -8,6 +8,7 @@ import pytest
 
 import datasets
 from cmhcore.errors import InputError
+from cmhcore.params import Interval
 from datasets import features as feat
 from datasets import gist as gist_mod
 from datasets.base import Dataset, random_protocol
@@ -49,6 +50,7 @@ def pix_loader(monkeypatch):
 
     mod.load = load
     mod.files_present = lambda data_root, **options: (True, "")
+    mod.OPTION_CONSTRAINTS = {"n": [Interval(int, 2, None, closed="left")]}
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(datasets.LOADERS, "pix-test", (mod.__name__, "load", "files_present"))
     return loads
@@ -215,14 +217,15 @@ def test_load_dataset_with_image_features(tmp_path, monkeypatch, pix_loader, gis
 
 def test_load_dataset_features_on_features_data_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv(feat.CACHE_ENV, str(tmp_path))
-    with pytest.raises(InputError, match="dataset 'wiki': image_features='gist' needs pixels") as err:
+    # Wiki declares PIXELS = False: the image-feature options are not among its options at all
+    with pytest.raises(InputError, match=r"^wiki: unknown option\(s\) image_features; valid: database$") as err:
         datasets.load_dataset("wiki", image_features="gist")
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"image_features": "hog"}, r"image_features='hog' is not an extractor; valid: gist, cnnf-fc7"),
-    ({"image_features": "GIST"}, r"image_features='GIST' is not an extractor"),
+    ({"image_features": "hog"}, r"pix-test option image_features='hog' is invalid; valid: one of 'cnnf-fc7', 'gist'"),
+    ({"image_features": "GIST"}, r"image_features='GIST' is invalid"),
     ({"gist_size": 64}, r"gist_size= needs image_features=gist"),
     ({"image_weights": "w.mat"}, r"image_weights= needs image_features=cnnf-fc7"),
     ({"image_features": "gist", "image_weights": "w.mat"}, r"image_weights= applies to image_features=cnnf-fc7"),
