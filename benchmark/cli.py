@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark {run,report,list,check,prepare}`` (also installed as ``cmh-bench``).
+"""Command line: ``python -m benchmark {run,rescore,report,list,check,prepare}`` (also installed as ``cmh-bench``).
 
 Exit codes: 0 ok; 1 some runs (or checks) failed, the rest still ran and were recorded; 2 bad usage
 or bad input (the one-line reason is printed, no traceback).
@@ -220,6 +220,28 @@ def _cmd_run(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- rescore
+def _cmd_rescore(args) -> int:
+    from benchmark.evaluate import EvalConfig
+    from benchmark.records import RecordStore
+    from benchmark.runner import RunSettings, check_writable_dir, plan_runs, rescore_runs
+    from benchmark.suites import expand_suite
+
+    check_writable_dir(args.results_dir, "--results-dir")
+    expansion = expand_suite(args.suite, data_root=args.data_root)
+    name = expansion.suite.name
+    config = EvalConfig.from_dict(expansion.evaluation, f"suite {name}: evaluation")
+    settings = RunSettings(results_dir=str(args.results_dir), data_root=args.data_root, evaluation=config.to_dict())
+    store = RecordStore(args.results_dir)
+    plan = plan_runs(expansion.specs, store, settings=settings)
+    done, cannot = rescore_runs(plan.rescore, store, settings)
+    missing = [s for s in plan.todo if store.read(s.run_id) is None]
+    print(f"suite {name}: {len(done)} run(s) rescored from stored codes, {len(plan.skipped)} already current, "
+          f"{len(cannot) + len(plan.todo) - len(missing)} need a rerun (stored outputs unusable or data changed), "
+          f"{len(missing)} not recorded; `run` reruns them", file=sys.stderr)
+    return 1 if cannot or len(plan.todo) else 0
+
+
 # ---------------------------------------------------------------------------------------- report
 def _cmd_report(args) -> int:
     from benchmark.records import load_frame
@@ -338,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     except Exception:
         ver = "unknown"
     parser.add_argument("--version", action="version", version=f"cmh-bench {ver}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,report,list,check,prepare}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,rescore,report,list,check,prepare}")
     sub.required = True
 
     common_dirs = argparse.ArgumentParser(add_help=False)
@@ -391,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="tables only")
     report.add_argument("--quiet", action="store_true", help="do not print the tables")
     report.set_defaults(func=_cmd_report)
+
+    rescore = sub.add_parser("rescore", parents=[common_dirs, data_root], formatter_class=_formatter,
+                             help="recompute a suite's metrics from stored codes (no fit)",
+                             description="Recompute the metrics of a suite's recorded runs under the suite's "
+                                         "evaluation settings, from their stored codes and protocols.")
+    rescore.add_argument("--suite", default="default", metavar="NAME|FILE", help="the suite (default: default)")
+    rescore.set_defaults(func=_cmd_rescore)
 
     lst = sub.add_parser("list", parents=[data_root], formatter_class=_formatter, epilog=_epilog("list"),
                          help="methods (available or why not), datasets (files present?), suites",
