@@ -22,12 +22,13 @@ The driver owns the results directory: a worker computes a run with
 (record last, atomically). Workers need the data root, not the results directory.
 
 Dask runs tasks in worker threads, where a SIGALRM time limit cannot fire. Each run therefore runs
-in a child process of the worker (forked from a per-worker forkserver that has the libraries
-imported): ``compute_run``'s own limit works in the child's main thread, and the worker kills the
-child when it outlives ``timeout + KILL_GRACE_S`` (a call into compiled code that never returns),
-recording the run as timed out. The child also isolates a crashing run from the worker. A child dies
-with its worker: the forkserver exits when the worker does, and the child has the kernel's
-parent-death signal (Linux).
+in a child process of the worker (a "run process", forked from a per-worker forkserver that has the
+libraries imported, and kept for the worker's next run, so its dataset cache and compiled kernels
+serve it, as in a local pool worker): ``compute_run``'s own limit works in the child's main thread,
+and the worker kills the child when it outlives ``timeout + KILL_GRACE_S`` (a call into compiled code
+that never returns), recording the run as timed out; the next run gets a fresh child. The child also
+isolates a crashing run from the worker. A child dies with its worker: the forkserver exits when the
+worker does, and the child has the kernel's parent-death signal (Linux).
 
 A worker that dies mid-run makes the scheduler run the task on another worker; after
 ``ALLOWED_FAILURES`` such deaths (set on the schedulers this module starts; a ``tcp://`` scheduler
@@ -67,7 +68,8 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BL
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
 # Imported once in each worker's forkserver, so that a run's child starts in a fraction of a second.
 # Imports only: nothing here starts a thread pool, which a fork would not carry over safely.
-_PRELOAD = ["numpy", "scipy.linalg", "scipy.sparse", "numba", "torch", "benchmark.runner", "methods", "datasets"]
+# torch is left to the deep runs that need it (the run process keeps it for the next run).
+_PRELOAD = ["numpy", "scipy.linalg", "scipy.sparse", "numba", "benchmark.runner", "methods", "datasets"]
 
 
 # ---------------------------------------------------------------------------------------- the --cluster value
@@ -191,9 +193,11 @@ def open_client(target: ClusterTarget, *, gpu: bool = False, dashboard: bool | N
         if target.kind == "local":
             if dashboard is None:  # the dashboard needs bokeh, which the [cluster] extra leaves out
                 dashboard = _has_module("bokeh")
+            # The scheduler's HTTP server (health, metrics; the dashboard when asked) always starts:
+            # on a free port, so that clusters side by side never fight over 8787.
             with distributed.LocalCluster(
                     n_workers=target.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0" if dashboard else None,
+                    dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": bool(dashboard)},
                     resources={"GPU": 1} if gpu else None, silence_logs=logging.ERROR) as cluster, \
                     distributed.Client(cluster) as client:
                 yield client
@@ -224,19 +228,27 @@ def _has_module(name: str) -> bool:
 
 
 def _dashboard(client) -> str | None:
+    """The scheduler's dashboard address, when its status page answers (it needs bokeh there)."""
+    import urllib.request
+
     with contextlib.suppress(Exception):
         if "dashboard" in client.scheduler_info().get("services", {}):
-            return client.dashboard_link
+            link = client.dashboard_link
+            with urllib.request.urlopen(link, timeout=2) as response:
+                if response.status == 200:
+                    return link
     return None
 
 
 # ---------------------------------------------------------------------------------------- on the worker
-_FORK_LOCK = threading.Lock()
+_LOCK = threading.Lock()
+# Idle run processes of this worker process, by threads per run.
+_IDLE: dict[int, list["_RunProcess"]] = {}
 
 
 def _forkserver(threads: int):
-    """The worker's forkserver context; started (once per worker process) with the run's thread caps in
-    its environment, which every run's child inherits, as a local pool worker gets them."""
+    """The worker's forkserver context. The run processes it forks inherit its environment, so the
+    thread caps go there before it starts (once per worker process), as a local pool worker gets them."""
     for name in _THREAD_ENV:
         os.environ[name] = str(threads)
     ctx = multiprocessing.get_context("forkserver")
@@ -244,8 +256,11 @@ def _forkserver(threads: int):
     return ctx
 
 
-def _child_main(spec_dict: dict, settings_dict: dict, conn) -> None:
-    """Body of a run's child process: compute the run and send its result to the worker."""
+def _serve(conn, threads: int) -> None:
+    """Body of a run process: compute each run it is sent, send back its result, until the pipe closes.
+
+    Like a local pool worker it lives across runs, so its dataset cache and compiled kernels serve
+    the next run on the same worker."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -253,49 +268,84 @@ def _child_main(spec_dict: dict, settings_dict: dict, conn) -> None:
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
     for name in _THREAD_ENV:
-        os.environ[name] = str(settings_dict.get("threads") or 1)
+        os.environ[name] = str(threads)
     from benchmark.runner import compute_run
 
-    result = compute_run(spec_dict, settings_dict)
-    conn.send(result)
-    conn.close()
+    conn.send("ready")  # the worker starts the hard time limit once imports are done
+    while True:
+        try:
+            spec_dict, settings_dict = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(compute_run(spec_dict, settings_dict))
+
+
+class _RunProcess:
+    """A child process of the worker that computes runs one at a time (see :func:`_serve`)."""
+
+    def __init__(self, threads: int):
+        ctx = _forkserver(threads)
+        self.threads = threads
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_serve, args=(child_conn, threads), name="cmh-bench-run", daemon=False)
+        self.proc.start()
+        child_conn.close()
+        self.ready = False
+
+    def run(self, spec_dict: dict, settings_dict: dict, hard_limit_s: float | None):
+        """The run's result, ``"died"`` or ``"timed out"`` (then the process is gone)."""
+        if not self.ready:
+            try:
+                self.ready = self.conn.recv() == "ready"
+            except (EOFError, OSError):
+                self.stop()
+                return "died"
+        self.conn.send((spec_dict, settings_dict))
+        if self.conn.poll(hard_limit_s):
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):  # it died before it sent anything
+                self.stop()
+                return "died"
+        self.stop()
+        return "timed out"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5.0)
+
+    def how_it_ended(self) -> str:
+        code = self.proc.exitcode
+        return f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
 
 
 def run_on_worker(spec_dict: dict, settings_dict: dict, hard_limit_s: float | None = None):
-    """The Dask task: one run in a child process, its :class:`RunResult` returned to the driver.
+    """The Dask task: one run in a run process of this worker; its :class:`RunResult` goes to the driver.
 
-    Never raises for a failing run: a child that dies, or is killed at ``hard_limit_s``, gives a
-    failed result (timed out in the second case)."""
-    ctx = _forkserver(int(settings_dict.get("threads") or 1))
-    receiver, sender = ctx.Pipe(duplex=False)
+    Never raises for a failing run: a run process that dies, or is killed at ``hard_limit_s``, gives
+    a failed result (timed out in the second case) and is replaced for the next run."""
+    threads = int(settings_dict.get("threads") or 1)
     started = time.perf_counter()
-    with _FORK_LOCK:
-        proc = ctx.Process(target=_child_main, args=(spec_dict, settings_dict, sender), name="cmh-bench-run")
-        proc.start()
-    sender.close()
-    try:
-        wait = None if hard_limit_s is None else max(0.0, hard_limit_s)
-        if receiver.poll(wait):
-            try:
-                result = receiver.recv()
-            except EOFError:  # the child died before it sent anything
-                result = None
-            if result is not None:
-                proc.join()
-                return result
-            proc.join(5.0)
-            code = proc.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-            return _failed_result(spec_dict, settings_dict, "RunProcessDied",
-                                  f"the run's process died ({how}) on {_host()}", started)
+    with _LOCK:
+        idle = _IDLE.setdefault(threads, [])
+        worker = idle.pop() if idle else None
+        if worker is None:
+            worker = _RunProcess(threads)
+    outcome = worker.run(spec_dict, settings_dict, hard_limit_s)
+    if outcome == "died":
+        return _failed_result(spec_dict, settings_dict, "RunProcessDied",
+                              f"the run's process died ({worker.how_it_ended()}) on {_host()}", started)
+    if outcome == "timed out":
+        timeout = settings_dict.get("timeout") or 0
         return _failed_result(spec_dict, settings_dict, "RunTimeout",
-                              f"exceeded the time limit of {settings_dict.get('timeout'):g}s and was killed "
-                              f"{hard_limit_s - (settings_dict.get('timeout') or 0):g}s later", started, timed_out=True)
-    finally:
-        receiver.close()
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5.0)
+                              f"exceeded the time limit of {timeout:g}s and was killed {hard_limit_s - timeout:g}s "
+                              "later", started, timed_out=True)
+    with _LOCK:
+        _IDLE.setdefault(threads, []).append(worker)
+    return outcome
 
 
 def _host() -> str:
@@ -435,8 +485,9 @@ def _collect(fut, spec, settings_dict: dict):
         from distributed import KilledWorker
 
         if isinstance(exc, KilledWorker):
+            last = getattr(exc, "last_worker", None)
             message = (f"its worker died {ALLOWED_FAILURES + 1} times during the run (Dask gave up; the last "
-                       f"worker was {getattr(exc, 'last_worker', None) or '?'}): out of memory, or killed")
+                       f"worker was {getattr(last, 'address', None) or last or '?'}): out of memory, or killed")
         else:
             message = " ".join(str(exc).split()) or "(no message)"
         return _failed_result(spec.to_dict(), settings_dict, type(exc).__name__, message, started)

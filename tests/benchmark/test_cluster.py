@@ -230,14 +230,14 @@ def test_worker_deaths_and_time_limits_are_recorded(tmp_path, plugins, monkeypat
     """A run that kills every worker it lands on fails with KilledWorker after ALLOWED_FAILURES + 1
     deaths; a run over --timeout is recorded as timed out, also when it ignores SIGALRM."""
     monkeypatch.setattr(cluster, "ALLOWED_FAILURES", 1)
-    monkeypatch.setattr(cluster, "KILL_GRACE_S", 2.0)
+    monkeypatch.setattr(cluster, "KILL_GRACE_S", 5.0)
     specs, evaluation = small_suite(
         tmp_path, "[random, 'plugins_cluster:KillsWorker', 'plugins_cluster:Sleepy', 'plugins_cluster:Deaf']")
     store = RecordStore(tmp_path / "results")
     t0 = time.perf_counter()
-    outcomes = cluster.dispatch(specs, settings_dict(tmp_path / "results", evaluation, timeout=2.0), "local:2",
+    outcomes = cluster.dispatch(specs, settings_dict(tmp_path / "results", evaluation, timeout=5.0), "local:2",
                                 store=store, progress=False, echo=quiet)
-    assert time.perf_counter() - t0 < 45
+    assert time.perf_counter() - t0 < 60
     assert sorted(o.run_id for o in outcomes) == sorted(s.run_id for s in specs)
     rec = {s.method: store.read(s.run_id) for s in specs}
     assert rec["random"].status == "ok"
@@ -245,10 +245,10 @@ def test_worker_deaths_and_time_limits_are_recorded(tmp_path, plugins, monkeypat
     assert killer.status == "failed" and not killer.timed_out
     assert killer.error["type"] == "KilledWorker" and "died 2 times" in killer.error_message
     sleepy = rec["plugins_cluster:Sleepy"]
-    assert sleepy.status == "failed" and sleepy.timed_out and "time limit of 2s" in sleepy.error_message
-    assert sleepy.timings["total_s"] < 15  # interrupted by the run's own limit, not the kill
+    assert sleepy.status == "failed" and sleepy.timed_out and "time limit of 5s" in sleepy.error_message
+    assert "killed" not in sleepy.error_message  # interrupted by the run's own limit
     deaf = rec["plugins_cluster:Deaf"]
-    assert deaf.status == "failed" and deaf.timed_out and "killed" in deaf.error_message
+    assert deaf.status == "failed" and deaf.timed_out and "killed 5s later" in deaf.error_message
     for r in rec.values():
         assert store.log_path(r.run_id).is_file()
     assert "KilledWorker" in store.log_path(killer.run_id).read_text()
