@@ -259,8 +259,8 @@ class RDCMH(Hasher):
 
     # ------------------------------------------------------------------ fit
     def fit(self, image, text, labels, labeled=None) -> "RDCMH":
+        dev = self._validate_params()  # parameters first: bad values fail before any input is read
         image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
-        dev = self._validate_params()
         backbone = resolve_image_backbone(type(self).__name__, self.image_backbone, image)
         pixels = is_pixels_input(image)
         rows = None  # pixels: training row i is image rows[i] (a subset without copying the images)
