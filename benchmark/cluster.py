@@ -235,7 +235,8 @@ def _dashboard(client) -> str | None:
         if "dashboard" in client.scheduler_info().get("services", {}):
             link = client.dashboard_link
             with urllib.request.urlopen(link, timeout=2) as response:
-                if response.status == 200:
+                # without bokeh the scheduler serves a page saying the dashboard needs it
+                if response.status == 200 and b"for the dashboard" not in response.read(4096):
                     return link
     return None
 
@@ -288,7 +289,18 @@ class _RunProcess:
         self.threads = threads
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_serve, args=(child_conn, threads), name="cmh-bench-run", daemon=False)
-        self.proc.start()
+        # Dask marks its worker processes daemonic by default, and multiprocessing then refuses to start
+        # children. That flag exists to stop children outliving their parent, which the forkserver's exit
+        # and the parent-death signal already ensure; it is cleared only while this child starts (the
+        # caller holds _LOCK).
+        config = multiprocessing.current_process()._config
+        daemonic = config.get("daemon")
+        config["daemon"] = False
+        try:
+            self.proc.start()
+        finally:
+            if daemonic is not None:
+                config["daemon"] = daemonic
         child_conn.close()
         self.ready = False
 
