@@ -252,3 +252,15 @@ def test_worker_deaths_and_time_limits_are_recorded(tmp_path, plugins, monkeypat
     for r in rec.values():
         assert store.log_path(r.run_id).is_file()
     assert "KilledWorker" in store.log_path(killer.run_id).read_text()
+
+
+@pytest.mark.parametrize("value", ["bogus", "local:0", "tcp://nohost"])
+def test_cli_refuses_a_bad_cluster_value_in_one_line(tmp_path, capsys, value):
+    from benchmark.cli import main
+
+    code = main(["run", "--suite", "quick", "--cluster", value, "--results-dir", str(tmp_path / "r"),
+                 "--no-report", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and f"--cluster '{value}' is invalid" in errors[0] and err[-1] == errors[0]
+    assert not (tmp_path / "r" / "records").exists()
