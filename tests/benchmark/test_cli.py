@@ -280,7 +280,7 @@ def test_kill_9_at_random_points_then_rerun_loses_corrupts_and_duplicates_nothin
     for rid in expected:
         ca, cb = a.read_codes(rid), b.read_codes(rid)
         assert all(np.array_equal(ca[k], cb[k]) for k in cb), rid
-        assert json.dumps(a.read(rid)["metrics"], sort_keys=True) == json.dumps(b.read(rid)["metrics"], sort_keys=True)
+        assert json.dumps(a.read(rid).metrics, sort_keys=True) == json.dumps(b.read(rid).metrics, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------- checked before any work
@@ -293,7 +293,7 @@ def one_error_line(capsys) -> str:
 @pytest.mark.parametrize("dataset, option, valid", [
     ("mirflickr25k", "image_featurs: x.npy", "image_features, image_key"),
     ("synthetic", "n_itmes: 100", "n_items, n_labels"),
-    ("wiki", "seed: 1", "valid: none"),
+    ("wiki", "seed: 1", "valid: database"),
 ])
 def test_dataset_option_typos_are_exit_2_before_any_work(tmp_path, capsys, dataset, option, valid):
     suite = tmp_path / "typo.yaml"

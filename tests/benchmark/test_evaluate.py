@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from benchmark.errors import InputError
-from benchmark.evaluate import (DIRECTIONS, EvalConfig, PeakMemory, compute_metrics, evaluate_run,
-                                load_dataset_cached, pack_codes, unpack_codes)
+from benchmark.codesfile import pack_code_rows, unpack_code_rows
+from benchmark.datacache import load_dataset_cached
+from benchmark.evaluate import DIRECTIONS, EvalConfig, compute_metrics, evaluate_run, validate_spec
+from benchmark.memory import PeakMemory
 from benchmark.suites import RunSpec, canonical_json
 
 OPTIONS = {"n_items": 150, "n_labels": 4, "image_dim": 8, "text_dim": 20, "latent_dim": 4, "noise": 0.3}
@@ -162,7 +164,7 @@ def test_supervised_method_beats_random_on_easy_data():
 ])
 def test_bad_spec_fails_before_any_work(plugins, bad, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        evaluate_run(spec(**bad))
+        validate_spec(spec(**bad))
     assert plugins.Spy.fits == []
 
 
@@ -192,8 +194,8 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 
 def test_pack_unpack_codes():
     codes = np.array([[1, -1, 1], [-1, -1, 1]], dtype=np.int8)
-    assert pack_codes(codes).shape == (2, 1)
-    assert np.array_equal(unpack_codes(pack_codes(codes), 3), codes)
+    assert pack_code_rows(codes).shape == (2, 1)
+    assert np.array_equal(unpack_code_rows(pack_code_rows(codes), 3), codes)
 
 
 def test_method_that_cannot_read_pixels_gets_the_datasets_gist_features(plugins, tmp_path, monkeypatch):

@@ -53,8 +53,8 @@ def test_deep_methods_run_on_raw_pixels_through_the_cli(tmp_path, capsys):
     assert sorted(records) == sorted(METHODS)
     for method, run_id in records.items():
         rec = store.read(run_id)
-        assert rec["status"] == "ok", (method, rec.get("error"))
-        assert rec["spec"]["params"]["image_size"] == 64
+        assert rec.status == "ok", (method, rec.error)
+        assert rec.spec["params"]["image_size"] == 64
         codes = store.read_codes(run_id)  # checks the codes file against the record's SHA-256
         n_bits = 16
         for key, n in (("db_image", N_ITEMS - 40), ("db_text", N_ITEMS - 40)):
