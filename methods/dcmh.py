@@ -62,8 +62,9 @@ class DCMH(Hasher):
     the last (``extras_["loss_history_epochs"]``).
 
     Deviations: on feature vectors an MLP stands in for CNN-F's convolutional trunk; CNN-F is
-    pretrained only with ``image_weights``; torch's default layer initialisation. Under the
-    authors' SGD schedule J is unstable late in training (``docs/methods/dcmh.md``).
+    pretrained only with ``image_weights``; torch's default layer initialisation, under which the
+    authors' step size exceeds the stable range of the bit-balance term's common mode, so J jumps
+    and may end at the F = G = 0 saddle (measured in ``docs/methods/dcmh.md``).
     """
 
     needs_labels = True
