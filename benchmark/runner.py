@@ -1,6 +1,10 @@
 """Run a list of specs: skip the finished ones, run the rest (in parallel if asked), record each.
 
-* A run whose record exists is skipped unless ``force`` (or ``retry_failed`` for failed records).
+* A run whose record exists is skipped unless ``force`` (or ``retry_failed`` for failed records); an ok
+  record scored under other evaluation settings is rescored from its stored codes (no fit), and one
+  whose data files changed since (``data_checksum``) is rerun.
+* :func:`compute_run` runs one spec anywhere and writes nothing; :meth:`RecordStore.write_result`
+  writes its files in the driver; ``cluster`` hands the runs to :func:`benchmark.cluster.dispatch`.
 * A run is claimed (:meth:`RecordStore.claim`) by the process that runs it, before it starts; a run
   claimed by another live process (another runner on the same results directory) is skipped and
   reported as running elsewhere, and a run whose record appeared while it waited is not rerun.
