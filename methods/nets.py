@@ -272,8 +272,7 @@ def make_image_net(backbone: str, n_in: int | None, n_out: int, *, hidden: int, 
                    weights=None, image_size: int | None = None, freeze: bool = False) -> ImageNet:
     """The image network of a deep method for a resolved backbone name.
 
-    Feature trunks ("mlp"): ``ImageNet(n_in, n_out, backbone, hidden, dropout)`` exactly as before
-    (same layers, same order of initialisation). Pixel backbones: the module of
+    Feature trunks ("mlp"): ``ImageNet(n_in, n_out, backbone, hidden, dropout)``. Pixel backbones: the module of
     :func:`methods.backbones.build_backbone` (weights, input size, frozen trunk, ``dropout`` after
     fc6/fc7) with the hash layer on top; ``hidden`` does not apply.
     """
