@@ -34,6 +34,7 @@ The format of ``validation_selection`` (a dict on the Hasher class; extra keys a
 
     {"method": "rdcmh",                       # registry name
      "dataset": "wiki", "bits": 16, "mask": 0.0, "fraction": 0.2, "match_steps": False,
+     "dataset_options": {...},                # optional: load_dataset options, e.g. {"image_features": "gist"}
      "base_params": {...},                    # optional: parameters every candidate shares
      "seeds": [0, 1, 2, 3, 4],                # each seed sets the split, the mask and random_state
      "candidates": [{"params": {...},         # over base_params, over the class defaults
@@ -89,7 +90,8 @@ def matched_epochs(epochs: int, batch_size: int, n_train: int, n_fit: int) -> in
 
 
 def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: int = 16, seed: int = 0,
-                   mask: float = 0.0, fraction: float = 0.2, device: str = "cpu", match_steps: bool = False) -> dict:
+                   mask: float = 0.0, fraction: float = 0.2, device: str = "cpu", match_steps: bool = False,
+                   dataset_options: dict | None = None) -> dict:
     import numpy as np
 
     from benchmark.metrics import mean_average_precision
@@ -97,7 +99,7 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     from datasets.base import mask_labels
     from methods import get_method
 
-    ds = load_dataset(dataset)
+    ds = load_dataset(dataset, **(dataset_options or {}))
     fit, val = validation_split(ds.protocol.train, seed, fraction)
     img, txt, lab = ds.subset(fit)
     masked = mask_labels(lab, mask, seed=seed)
@@ -120,7 +122,7 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     dist = h.distance if type(h).uses_own_distance() else None
     i2t = mean_average_precision(h.query_image(q_img), h.encode_text(txt), q_lab, lab, distance=dist).value
     t2i = mean_average_precision(h.query_text(q_txt), h.encode_image(img), q_lab, lab, distance=dist).value
-    out = {"method": method, "dataset": dataset, "n_bits": n_bits, "seed": seed, "mask": mask,
+    out = {"method": method, "dataset": dataset, "dataset_options": dataset_options or {}, "n_bits": n_bits, "seed": seed, "mask": mask,
            "n_fit": int(fit.size), "n_validation": int(val.size), "overrides": overrides,
            "epochs": params.get("epochs"), "device": str(getattr(h, "device_", device)),
            "val_map_i2t": round(float(i2t), 4), "val_map_t2i": round(float(t2i), 4), "fit_s": round(fit_s, 1)}
@@ -131,7 +133,7 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     return out
 
 
-SETTINGS = ("dataset", "bits", "mask", "fraction", "match_steps")
+SETTINGS = ("dataset", "dataset_options", "bits", "mask", "fraction", "match_steps")
 
 
 def parse_grid(pairs: list[str]) -> list[dict]:
@@ -206,7 +208,7 @@ def run_selection(method: str, selection: dict, seeds=None, device: str = "cpu",
         for seed in seeds:
             res = validation_map(method, {**base, **cand["params"]}, sel["dataset"], int(sel["bits"]), seed,
                                  float(sel.get("mask", 0.0)), float(sel.get("fraction", 0.2)), device,
-                                 bool(sel.get("match_steps", False)))
+                                 bool(sel.get("match_steps", False)), sel.get("dataset_options"))
             runs.append({"seed": seed, "map_i2t": res["val_map_i2t"], "map_t2i": res["val_map_t2i"],
                          "fit_s": res["fit_s"]})
             progress(f"[{k + 1}/{len(sel['candidates'])}] {json.dumps(cand['params'])} seed {seed}: "
@@ -251,6 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", action="append", default=[], metavar="PARAM=V1,V2",
                     help="--selection: candidates as a cartesian product (repeatable)")
     ap.add_argument("--dataset", default=None)
+    ap.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dataset option, e.g. image_features=gist (repeatable; with --selection: replaces "
+                         "the selection's dataset_options)")
     ap.add_argument("--bits", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mask", type=float, default=None)
@@ -282,6 +287,8 @@ def main(argv=None) -> int:
                            ("fraction", args.fraction)):
             if value is not None:
                 sel[key] = value
+        if args.dataset_option:
+            sel["dataset_options"] = parse_overrides(args.dataset_option)
         if args.match_steps:
             sel["match_steps"] = True
         if args.set:
@@ -298,7 +305,8 @@ def main(argv=None) -> int:
         save(result)
         return 0
     out = validation_map(args.method, parse_overrides(args.set), args.dataset or "wiki", args.bits or 16, args.seed,
-                         args.mask or 0.0, args.fraction or 0.2, args.device, args.match_steps)
+                         args.mask or 0.0, args.fraction or 0.2, args.device, args.match_steps,
+                         parse_overrides(args.dataset_option))
     print(json.dumps(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
