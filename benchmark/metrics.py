@@ -1,7 +1,7 @@
 """Retrieval metrics for Hamming ranking of binary codes: MAP@all, MAP@k, precision@N, precision-recall
 within a Hamming radius, NDCG. Every number the suite prints comes from here.
 
-Conventions (PROTOCOLS.md section 3):
+Conventions (docs/protocols.md, "MAP conventions"):
 
 * Codes are ``int8`` in ``{-1, +1}`` (one row per item); labels are multi-hot 0/1 rows. A query and a
   database item are relevant when they share at least one label, ``(Lq @ Ld.T) > 0``.

@@ -37,7 +37,7 @@ from datasets import gist as gist_mod
 from datasets.base import Dataset, file_checksum
 
 __all__ = ["FEATURE_EXTRACTORS", "FEATURE_OPTIONS", "FEATURE_OPTION_CONSTRAINTS", "CACHE_ENV", "GistExtractor", "CnnfFc7Extractor",
-           "make_extractor", "split_feature_options", "feature_status", "resolve_cache_dir", "cache_key",
+           "make_extractor", "register_network_features", "NETWORK_FEATURES", "split_feature_options", "feature_status", "resolve_cache_dir", "cache_key",
            "extract_features", "apply_image_features"]
 
 CACHE_ENV = "CMH_CACHE_DIR"
@@ -121,27 +121,24 @@ class CnnfFc7Extractor:
         return {"weights_sha256": self.weights_sha256, "input_size": self.input_size}
 
     def extract(self, images, progress: Callable[[int], None]) -> np.ndarray:
-        import torch
+        forward = NETWORK_FEATURES.get(self.name)
+        if forward is None:
+            raise InputError(f"image_features={self.name} runs a network of the methods package, which registers it "
+                             "when imported; valid: `import methods` before loading (the runner and scripts do)")
+        return forward(images, weights=str(self.weights), input_size=self.input_size, device=self.device,
+                       batch_size=self.batch_size, chunk=self.chunk, progress=progress)
 
-        from methods.backbones import build_backbone
-        from methods.pixels import PixelTransform, channel_stats, forward_pixels
 
-        net = build_backbone("cnnf", weights=str(self.weights), input_size=self.input_size)
-        if self.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            device = torch.device(self.device)
-        mean, std = net.pixel_mean, net.pixel_std
-        if mean is None:  # a weights file without normalisation: the images' own channel statistics
-            mean, std = channel_stats(images)
-        transform = PixelTransform(net.input_size, mean=mean, std=std)
-        n = len(images)
-        out = np.empty((n, int(net.out_features)), dtype=np.float32)
-        for start in range(0, n, self.chunk):  # chunked only to move the progress bar
-            idx = np.arange(start, min(n, start + self.chunk))
-            out[idx] = forward_pixels(net, images, device, transform, batch_size=self.batch_size, indices=idx)
-            progress(idx.size)
-        return out
+# Extractors that run a network: the datasets layer declares their options and caches their output, the
+# methods layer (which owns the networks) registers the forward pass, so this layer never imports methods.
+NETWORK_FEATURES: dict[str, Callable[..., np.ndarray]] = {}
+
+
+def register_network_features(name: str, forward: Callable[..., np.ndarray]) -> None:
+    """Register the forward pass of the network extractor ``name`` (one of ``FEATURE_EXTRACTORS``)."""
+    if name not in FEATURE_EXTRACTORS or name == "gist":
+        raise InputError(f"register_network_features: {name!r} is not a network extractor; valid: cnnf-fc7")
+    NETWORK_FEATURES[name] = forward
 
 
 def make_extractor(name: str, **params):

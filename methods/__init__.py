@@ -14,12 +14,22 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from cmhcore.errors import InputError
+from datasets.features import register_network_features
 from methods.base import Hasher, binarize, clone
 
 __all__ = ["Hasher", "binarize", "clone", "get_method", "list_methods", "method_info", "make_method", "name_clashes",
            "REGISTRY"]
 
 ENTRY_POINT_GROUP = "cmh_bench.methods"
+
+
+def _cnnf_fc7(images, **kw):
+    from methods.extractors import cnnf_fc7_features  # torch loads only when features are extracted
+
+    return cnnf_fc7_features(images, **kw)
+
+
+register_network_features("cnnf-fc7", _cnnf_fc7)
 
 # name -> "module:Class". Built-in methods are listed here so that `list` can report the ones that
 # cannot be imported (and why) instead of hiding them.

@@ -203,7 +203,7 @@ def test_stable_precision_and_ndcg_on_multiword_inputs(prob, k):
 
 
 def test_dcmh_toy_example_stable_map():
-    # The toy example shipped with the public DCMH evaluation code; PROTOCOLS.md section 3: 0.7042 stable.
+    # The toy example shipped with the public DCMH evaluation code; docs/protocols.md, MAP conventions: 0.7042 stable.
     qb = np.array([[1, -1, 1, 1], [-1, -1, -1, 1], [1, 1, -1, 1], [1, 1, 1, -1]], np.int8)
     rb = np.array([[1, -1, 1, -1], [-1, -1, 1, -1], [-1, -1, 1, -1], [1, 1, -1, -1], [-1, 1, -1, -1],
                    [1, 1, -1, 1]], np.int8)
