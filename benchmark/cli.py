@@ -120,8 +120,10 @@ def _check_run_args(args, filters: dict) -> None:
         raise InputError(f"--jobs {args.jobs} is invalid; valid: a positive integer")
     if args.cluster_jobs is not None and (args.cluster is None or args.cluster_jobs < 1):
         raise InputError(f"--cluster-jobs {args.cluster_jobs} is invalid; valid: a positive integer, with --cluster")
-    if args.cluster is not None and not str(args.cluster).strip():
-        raise InputError("--cluster '' is invalid; valid: local[:N], tcp://HOST:PORT or a FILE.yaml")
+    if args.cluster is not None:  # the value's form (and a jobqueue file) is checked before the suite is read
+        from benchmark.cluster import parse_cluster
+
+        parse_cluster(args.cluster, jobs=args.cluster_jobs, threads=args.threads or 1)
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads} is invalid; valid: a positive integer")
     if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):

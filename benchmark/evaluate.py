@@ -140,9 +140,7 @@ def validate_spec(spec: RunSpec, device: str = "cpu") -> None:
     if device not in ("cpu", "auto") and not str(device).startswith(("cuda", "mps")):
         raise InputError(f"device={device!r} is invalid; valid: cpu, cuda, cuda:N or auto")
     method = make_method(spec, device)
-    method._validate_bits()
-    if callable(getattr(method, "validate_params", None)):  # declared parameter constraints (cmhcore.params)
-        method.validate_params()
+    method.validate_params()  # declared parameter constraints (cmhcore.params), n_bits included
 
 
 # ---------------------------------------------------------------------------------------- metrics

@@ -370,7 +370,7 @@ def _resolve_method(name: str, cls, params: dict, bits: list[int], where: str, l
     for b in bits:
         try:
             inst = make_method(name, n_bits=b, random_state=0, **params)
-            inst._validate_bits()
+            inst.validate_params()  # declared constraints, n_bits against bits_range included
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
         except Exception as exc:  # a constructor that raises is a bad parameter set as far as the suite can tell
@@ -410,11 +410,8 @@ def _check_dataset_options(name: str, options: dict, where: str) -> None:
     """Options against the dataset's declared ones (before any work): a typo fails in one line."""
     import datasets
 
-    check = getattr(datasets, "check_options", None)  # contract item 3 (datasets' OPTION_CONSTRAINTS)
-    if check is None:
-        return
     try:
-        check(name, options)
+        datasets.check_options(name, options)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
 

@@ -167,7 +167,7 @@ BAD = {
     "empty bits grid": ("bits: []", "'bits' is an empty list (empty grid)"),
     "empty methods grid": ("methods: []", "'methods' is an empty list (empty grid)"),
     "empty parameter grid": ("methods: [{name: scm-orth, params: {reg: []}}]", "parameter 'reg' is an empty list (empty grid)"),
-    "bits outside the method's range": ("methods: [cdq]\nbits: [4]", "n_bits=4 is not supported"),
+    "bits outside the method's range": ("methods: [cdq]\nbits: [4]", "n_bits=4 is invalid; valid: an int in [8, 1024]"),
     "duplicate key": ("bits: [8]\nbits: [16]", "duplicate key 'bits'"),
     "missing grid key": (None, "missing key 'seeds'"),
     "invalid yaml": ("bits: [8, 16", "invalid YAML"),
