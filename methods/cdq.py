@@ -275,8 +275,8 @@ class CDQ(Hasher):
 
     # ------------------------------------------------------------------------------ training
     def fit(self, image, text, labels, labeled=None):
-        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         m_books, _ = self._validate_params()
+        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         backbone = resolve_image_backbone("CDQ", self.image_backbone, image)
         pixels = is_pixels_input(image)
         n = image.shape[0]

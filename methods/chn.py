@@ -122,8 +122,8 @@ class CHN(Hasher):
         return resolve_device(self.device)
 
     def fit(self, image, text, labels, labeled=None) -> "CHN":
-        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         dev = self._validate_params()
+        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         backbone = resolve_image_backbone("CHN", self.image_backbone, image)
         pixels = is_pixels_input(image)
         c = int(self.n_bits)

@@ -149,8 +149,8 @@ class DCMH(Hasher):
         return resolve_device(self.device)
 
     def fit(self, image, text, labels, labeled=None) -> "DCMH":
-        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         dev = self._validate_params()
+        image, text, labels, labeled = self._validate_fit(image, text, labels, labeled)
         backbone = resolve_image_backbone("DCMH", self.image_backbone, image)
         pixels = is_pixels_input(image)
         n, c = image.shape[0], int(self.n_bits)
