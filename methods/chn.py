@@ -88,6 +88,20 @@ class CHN(Hasher):
     pixel_check_params = {"image_size": 40, "epochs": 2}  # CNN-F at its smallest input (methods.checks)
     known_check_failures = {name: PIXEL_INIT_REASON for name in ("pixels_codes_format", "pixels_beats_random_floor")}
     check_params = {"epochs": 30, "image_hidden": 64, "text_hidden": 64, "batch_size": 64, "lr": 0.1}
+    # How the non-paper defaults were chosen, in scripts/validate.py's format (rerun it with
+    # ``python scripts/validate.py --selection chn``): each candidate over the class defaults (the
+    # shipped widths), validation queries carved from Wiki's training items, [mean, std] over seeds.
+    validation_selection: ClassVar[dict] = {
+        "method": "chn", "dataset": "wiki", "bits": 32, "mask": 0.0, "fraction": 0.2, "match_steps": False,
+        "base_params": {}, "seeds": [0, 1, 2],
+        "candidates": [
+            {"params": {"quant_weight": 0.01, "lr": 0.03, "dropout": 0.0}},
+            {"params": {"quant_weight": 0.1, "lr": 0.03, "dropout": 0.0}},
+            {"params": {"quant_weight": 0.001, "lr": 0.03, "dropout": 0.0}},
+            {"params": {"quant_weight": 0.01, "lr": 0.01, "dropout": 0.0}},
+            {"params": {"quant_weight": 0.01, "lr": 0.03, "dropout": 0.5}},
+        ],
+    }
 
     def __init__(self, n_bits: int = 32, margin_cos: float = 0.5, margin_bit: float = 0.5,
                  quant_weight: float = 0.01, pair_weighting: str = "balanced", epochs: int = 30,
