@@ -101,20 +101,20 @@ def test_run_selection_runs_every_candidate_for_every_seed(monkeypatch):
 
     calls = []
 
-    def fake(method, overrides, dataset, n_bits, seed, mask, fraction, device, match_steps):
-        calls.append((method, dict(overrides), dataset, n_bits, seed, mask, fraction, match_steps))
+    def fake(method, overrides, dataset, n_bits, seed, mask, fraction, device, match_steps, dataset_options):
+        calls.append((method, dict(overrides), dataset, n_bits, seed, mask, fraction, match_steps, dataset_options))
         return {"val_map_i2t": 0.1 * overrides["lam"] + seed / 100, "val_map_t2i": 0.2, "fit_s": 1.0}
 
     monkeypatch.setattr(validate, "validation_map", fake)
     sel = {"dataset": "wiki", "bits": 8, "mask": 0.3, "fraction": 0.25, "match_steps": False,
-           "base_params": {"n_iter": 5}, "seeds": [9],
+           "dataset_options": {"database": "train"}, "base_params": {"n_iter": 5}, "seeds": [9],
            "candidates": [{"params": {"lam": 1.0}, "map_i2t": [0.5, None]}, {"params": {"lam": 2.0, "n_iter": 7}}]}
     saved = []
     out = validate.run_selection("rdcmh", sel, seeds=[0, 1, 2], progress=lambda m: None,
                                  on_candidate=lambda r: saved.append(len(r["candidates"])))
     assert [(c[1], c[4]) for c in calls] == [({"n_iter": 5, "lam": 1.0}, s) for s in (0, 1, 2)] + [
         ({"n_iter": 7, "lam": 2.0}, s) for s in (0, 1, 2)]
-    assert all(c[2:4] == ("wiki", 8) and c[5:] == (0.3, 0.25, False) for c in calls)
+    assert all(c[2:4] == ("wiki", 8) and c[5:] == (0.3, 0.25, False, {"database": "train"}) for c in calls)
     assert out["seeds"] == [0, 1, 2] and saved == [1, 2]
     first = out["candidates"][0]
     assert first["map_i2t"] == [0.11, 0.01]  # 0.10, 0.11, 0.12: mean 0.11, sample std 0.01
