@@ -468,6 +468,9 @@ def expand_suite(suite: Suite | str | Path, data_root=None, extra_methods=()) ->
         resolved_datasets = []
         for name, options, dlabel_given in dsets:
             options = _canonical(options, f"{ewhere}: dataset {name!r} options")
+            if options.get("database") == "train":
+                # the standard protocol, spelled out: the same runs (and run ids) as leaving it out
+                options = {k: v for k, v in options.items() if k != "database"}
             key = canonical_json([name, options])
             if key not in dataset_cache:
                 dataset_cache[key] = _dataset_state(name, options, data_root, ewhere)

@@ -235,3 +235,16 @@ def test_extra_methods_join_every_grid_once(tmp_path):
                      "seeds: [0]\nexperiments:\n  - {name: a, methods: [random]}\n  - {name: b, methods: [scm-orth]}\n")
     exp = expand_suite(suite, extra_methods=["random", "scm-seq"])
     assert sorted(s.method for s in exp.specs) == ["random", "scm-orth", "scm-seq"]
+
+
+def test_database_train_is_the_standard_protocol_with_the_same_run_ids(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("datasets: [wiki]\nmethods: [random]\nbits: [16]\nmask_rates: [0]\nseeds: [0]\n")
+    spelled = tmp_path / "spelled.yaml"
+    spelled.write_text("datasets: [{name: wiki, options: {database: train}}]\nmethods: [random]\nbits: [16]\n"
+                       "mask_rates: [0]\nseeds: [0]\n")
+    unseen = tmp_path / "unseen.yaml"
+    unseen.write_text("datasets: [{name: wiki, options: {database: unseen}}]\nmethods: [random]\nbits: [16]\n"
+                      "mask_rates: [0]\nseeds: [0]\n")
+    ids = [[s.run_id for s in expand_suite(p).specs] for p in (plain, spelled, unseen)]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
