@@ -157,7 +157,7 @@ def test_supervised_method_beats_random_on_easy_data():
 
 @pytest.mark.parametrize("bad, message", [
     (dict(method="no-such-method"), "unknown method"),
-    (dict(method="plugins_evaluate:Spy", n_bits=0), "n_bits=0 is not supported"),
+    (dict(method="plugins_evaluate:Spy", n_bits=0), "n_bits=0 is invalid; valid: an int in \\[1, 1024\\]"),
     (dict(method="plugins_evaluate:Spy", mask_rate=1.0), "mask_rate=1.0 is invalid"),
     (dict(method="plugins_evaluate:Spy", dataset="no-such-data"), "unknown dataset"),
     (dict(method="plugins_evaluate:Spy", params={"lam": 1}), "unknown parameter(s) lam"),
