@@ -53,6 +53,9 @@ _PARTS = 2
 
 
 # ------------------------------------------------------------------------------------------ helpers
+_ENCODE_ROWS = 8192  # rows encoded at once: ~100 MB of float64 work arrays at 1,000-d input and 500 anchors
+
+
 def _row_sq_norms(x) -> np.ndarray:
     if sp.issparse(x):
         return np.asarray(x.multiply(x).sum(axis=1), dtype=np.float64).ravel()
@@ -429,9 +432,16 @@ class _SePH(Hasher):
     def _scores(self, x, modality: str) -> np.ndarray:
         self._check_fitted(f"{modality}_weights_")
         anchors = getattr(self, f"{modality}_anchors_")
-        x = _as_float(self._validate_encode(x, modality, anchors.shape[1]))
-        k = _rbf(x, anchors, _row_sq_norms(anchors), getattr(self, f"{modality}_sigma2_"))
-        return k @ getattr(self, f"{modality}_weights_")
+        x = self._validate_encode(x, modality, anchors.shape[1])
+        anchor_sq, sigma2 = _row_sq_norms(anchors), getattr(self, f"{modality}_sigma2_")
+        weights = getattr(self, f"{modality}_weights_")
+        # In row blocks: the float64 copy and the n x anchors kernel of a whole NUS-WIDE-size database
+        # (193,734 x 1,000 text features) would take ~3 GB at once; each row's score depends on its row only.
+        out = np.empty((x.shape[0], weights.shape[1]), dtype=np.float64)
+        for start in range(0, x.shape[0], _ENCODE_ROWS):
+            rows = slice(start, start + _ENCODE_ROWS)
+            out[rows] = _rbf(_as_float(x[rows]), anchors, anchor_sq, sigma2) @ weights
+        return out
 
     def encode_image(self, image) -> np.ndarray:
         """Single-view codes sign(phi(x)^T w) of images (the paper's query codes)."""

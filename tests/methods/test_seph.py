@@ -271,3 +271,17 @@ def test_objective_is_the_same_with_threads():
 @pytest.mark.parametrize("cls", [SePHRnd, SePHKm])
 def test_every_parameter_has_a_declared_constraint(cls):
     assert set(cls.parameter_constraints()) == set(cls._get_param_names())
+
+
+def test_encoding_in_row_blocks_equals_encoding_at_once(monkeypatch):
+    import methods.seph as seph
+
+    train, _, database = _data()
+    h = SePHKm(n_bits=16, n_anchors=40, random_state=0).fit(*train)
+    whole = h._scores(database[0], "image"), h._scores(sp.csr_matrix(database[1]), "text")
+    monkeypatch.setattr(seph, "_ENCODE_ROWS", 7)  # blocks that split the rows unevenly
+    blocked = h._scores(database[0], "image"), h._scores(sp.csr_matrix(database[1]), "text")
+    for a, b in zip(whole, blocked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert a.shape[0] == database[0].shape[0] and a.shape[0] > 7
+    assert (h.encode_image(database[0]) == seph.binarize(whole[0])).all()
