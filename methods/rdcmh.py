@@ -127,8 +127,9 @@ class RDCMH(Hasher):
 
     Deviations (each measured in docs/methods/rdcmh.md)
     ----------
-    * lambda 0.1, hinge with margin 0.25 c, Adam 1e-3: chosen on a validation split
-      (``validation_selection``; rerun it with ``python scripts/validate.py --selection rdcmh``).
+    * sampler "top", cross_terms "cross", lambda 0.1 (paper 1), hinge with margin 0.25 c, Adam 1e-3:
+      chosen on a validation split over five seeds (``validation_selection``; rerun it with
+      ``python scripts/validate.py --selection rdcmh``); no faithful reading came within one std.
     * Eq. 8 as printed has the opposite sign of its bracket; we follow the loss (autograd).
     * F, G of Eq. 12 are running buffers refreshed by each batch's forward pass.
     * Eq. 1 on features with negative entries uses (1 + cos) / 2; on pixels s1 compares 16 x 16
@@ -167,39 +168,38 @@ class RDCMH(Hasher):
     # How the defaults were chosen, in the format of scripts/validate.py (which reruns it): each
     # candidate's params over ``base_params`` over the class defaults; MAP@all tie-aware on
     # validation queries carved from the training items, [mean, std] over ``seeds`` (std None for
-    # one seed). ``distinct_codes``: distinct training codes of B at the end (collapse monitor).
+    # one seed).
     validation_selection: ClassVar[dict[str, Any]] = {
         "method": "rdcmh", "dataset": "wiki", "bits": 16, "mask": 0.0, "fraction": 0.2, "match_steps": False,
-        "base_params": {"n_iter": 500, "batch_size": 128, "n_bins": 5, "sampler": "bins", "image_hidden": 1024,
-                        "text_hidden": 4096},
-        "seeds": [0],
+        "base_params": {"n_iter": 500, "batch_size": 128, "n_bins": 5, "loss": "hinge", "lr": 1e-3,
+                        "image_hidden": 1024, "text_hidden": 4096},
+        "seeds": [0, 1, 2, 3, 4],
         "candidates": [
-            {"params": {"loss": lo, "margin": mg, "lam": la, "lr": lr, "cross_terms": ct},
-             "map_i2t": [i2t, None], "map_t2i": [t2i, None], "distinct_codes": nc}
-            for lo, mg, la, lr, ct, i2t, t2i, nc in (
-                ("linear", 0.0, 1.0, 1e-4, "eq5", 0.1097, 0.1097, 1),
-                ("linear", 0.0, 0.1, 1e-4, "eq5", 0.1720, 0.1287, 14),
-                ("linear", 0.0, 0.01, 1e-4, "eq5", 0.1570, 0.1275, 7),
-                ("linear", 0.0, 0.001, 1e-4, "eq5", 0.1560, 0.1272, 12),
-                ("linear", 0.0, 0.01, 1e-4, "cross", 0.1508, 0.1280, 6),
-                ("linear", 0.0, 1.0, 1e-3, "eq5", 0.1606, 0.2287, 10),
-                ("linear", 0.0, 0.1, 1e-3, "eq5", 0.1499, 0.1290, 4),
-                ("hinge", 0.0, 0.01, 1e-4, "eq5", 0.1675, 0.1533, 398),
-                ("hinge", 0.25, 1.0, 1e-3, "eq5", 0.1097, 0.1097, 8),
-                ("hinge", 0.25, 0.1, 1e-4, "eq5", 0.2077, 0.1878, 100),
-                ("hinge", 0.25, 0.01, 1e-4, "eq5", 0.1818, 0.1454, 679),
-                ("hinge", 0.25, 0.001, 1e-4, "eq5", 0.1627, 0.1227, 982),
-                ("hinge", 0.5, 0.01, 1e-4, "eq5", 0.1771, 0.1444, 657),
-                ("hinge", 0.25, 0.1, 3e-3, "eq5", 0.1959, 0.1924, 80),
-                ("hinge", 0.25, 0.01, 1e-3, "eq5", 0.1665, 0.1471, 805),
-                ("hinge", 0.5, 0.1, 1e-3, "eq5", 0.2118, 0.2316, 216),
-                ("hinge", 0.25, 0.1, 1e-3, "eq5", 0.2176, 0.2454, 130),
+            {"params": {"sampler": sa, "cross_terms": ct, "lam": la, "margin": mg},
+             "map_i2t": i2t, "map_t2i": t2i}
+            for sa, ct, la, mg, i2t, t2i in (
+            ("bins", "eq5", 0.1, 0.25, [0.224, 0.0083], [0.2385, 0.0109]),
+            ("bins", "eq5", 1.0, 0.25, [0.1616, 0.0108], [0.2193, 0.0453]),
+            ("bins", "cross", 0.1, 0.25, [0.2245, 0.0063], [0.2815, 0.0062]),
+            ("bins", "cross", 1.0, 0.25, [0.1429, 0.0232], [0.1798, 0.0524]),
+            ("levels", "eq5", 0.1, 0.25, [0.2186, 0.0094], [0.2638, 0.0149]),
+            ("levels", "eq5", 1.0, 0.25, [0.1527, 0.0091], [0.2119, 0.0427]),
+            ("levels", "cross", 0.1, 0.25, [0.2287, 0.0055], [0.3284, 0.012]),
+            ("levels", "cross", 1.0, 0.25, [0.1558, 0.0045], [0.1968, 0.0233]),
+            ("top", "eq5", 0.1, 0.25, [0.2397, 0.01], [0.3763, 0.027]),
+            ("top", "eq5", 1.0, 0.25, [0.1942, 0.0189], [0.358, 0.0674]),
+            ("top", "cross", 0.1, 0.25, [0.2455, 0.0135], [0.4905, 0.0241]),
+            ("top", "cross", 1.0, 0.25, [0.1723, 0.0287], [0.2777, 0.0772]),
+            ("pairs", "eq5", 0.1, 0.25, [0.2194, 0.0111], [0.2327, 0.015]),
+            ("pairs", "eq5", 1.0, 0.25, [0.1392, 0.0258], [0.1676, 0.0575]),
+            ("pairs", "cross", 0.1, 0.25, [0.2207, 0.0091], [0.2524, 0.0157]),
             )
         ],
-        "chosen": {"loss": "hinge", "margin": 0.25, "lam": 0.1, "lr": 1e-3, "cross_terms": "eq5", "sampler": "bins"},
-        "why": "highest validation MAP in both directions among the candidates (one seed); the linear loss and "
-               "lambda = 1 end with 1-14 distinct training codes. The sampler is the equal-count reading; the "
-               "other readings are compared over seeds with the same command (docs/methods/rdcmh.md).",
+        "chosen": {"sampler": "top", "cross_terms": "cross", "lam": 0.1, "margin": 0.25, "loss": "hinge", "lr": 1e-3},
+        "why": "highest mean validation MAP in both directions over five seeds; the faithful readings (sampler bins, "
+               "levels or pairs with the printed Eq. 5) score 0.22 / 0.23-0.26 against 0.25 / 0.49, far more "
+               "than one std apart. lambda = 1 (the paper's) is below lambda = 0.1 for every reading. The loss "
+               "(hinge) and lr were screened with one seed each (docs/methods/rdcmh.md).",
         "random_floor": 0.11,
     }
 
@@ -210,8 +210,8 @@ class RDCMH(Hasher):
     _joint: ClassVar[bool] = True
 
     def __init__(self, n_bits: int = 16, lam: float = 0.1, n_iter: int = 500, batch_size: int = 128,
-                 n_bins: int = 5, sampler: str = "bins", loss: str = "hinge", margin: float = 0.25,
-                 cross_terms: str = "eq5", image_backbone: str = "auto", image_hidden: int = 1024,
+                 n_bins: int = 5, sampler: str = "top", loss: str = "hinge", margin: float = 0.25,
+                 cross_terms: str = "cross", image_backbone: str = "auto", image_hidden: int = 1024,
                  text_hidden: int = 4096, dropout: float = 0.5, lr: float = 1e-3, image_weights=None,
                  image_size: int | None = None, freeze_backbone: bool = False, device: str = "cpu",
                  random_state: int | None = 0):
