@@ -197,6 +197,8 @@ class CDQ(Hasher):
             {"params": {"lr_image": 0.02, "lr_text": 0.2, "alpha": 1.0, "quant_weight": 0.003}},
             {"params": {"lr_image": 0.02, "lr_text": 0.2, "alpha": None, "quant_weight": 0.03}},
         ],
+        "status": "candidates defined, not yet run over seeds; the defaults rest on the one-seed screen in "
+                  "docs/methods/cdq.md",
     }
     known_check_failures = {name: PIXEL_INIT_REASON for name in ("pixels_codes_format", "pixels_beats_random_floor")}
     _parameter_constraints: ClassVar[dict[str, list]] = {
