@@ -37,7 +37,7 @@ TEXT_FILE = "mirflickr25k-yall.mat"
 RAW_IMAGES_FILES = ("mirflickr25k-iall.npy", "mirflickr25k-iall.mat")  # looked for in this order
 N_ITEMS, N_LABELS, N_QUERY, N_TRAIN = 20015, 24, 2000, 10000
 HOW_TO_GET = ("build it from the official distribution with `python -m benchmark prepare mirflickr25k` or get the "
-              "DCMH release (mirflickr25k-lall/-yall/-iall.mat, see README) into the data root or "
+              "DCMH release (mirflickr25k-lall/-yall/-iall.mat, see docs/datasets.md) into the data root or "
               "<data root>/mirflickr25k, or pass image_features=<file> for a feature matrix")
 OPTION_CONSTRAINTS: dict[str, list] = {
     "image_features": [str, os.PathLike, None],  # a feature file (an extractor name is handled by datasets.features)

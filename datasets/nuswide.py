@@ -66,7 +66,7 @@ TAGS_FILE = ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")
 LABEL_DIRS = ("Groundtruth/AllLabels", "AllLabels")
 FEATURE_DEFAULT = "BoW_int.dat"
 HOW_TO_GET = ("get the official NUS-WIDE files (Concepts81, AllLabels, AllTags1k, Low_Level_Features) from the "
-              "NUS-WIDE site or the DCMH .mat release (nus-wide-tc<k>-lall/-yall/-iall.mat); see README")
+              "NUS-WIDE site or the DCMH .mat release (nus-wide-tc<k>-lall/-yall/-iall.mat); see docs/datasets.md")
 
 
 def _name(tc: int) -> str:

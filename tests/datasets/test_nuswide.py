@@ -222,7 +222,7 @@ def test_nothing_found_is_one_line_naming_every_source(tmp_path):
     with pytest.raises(DataFileError) as err:
         nuswide.load_tc21(tmp_path)
     msg = _one_line(err)
-    for piece in ("nus-wide-tc21-lall.mat", "Concepts81.txt", str(tmp_path / "NUS-WIDE-TC21"), "README"):
+    for piece in ("nus-wide-tc21-lall.mat", "Concepts81.txt", str(tmp_path / "NUS-WIDE-TC21"), "docs/datasets.md"):
         assert piece in msg
     present, reason = nuswide.files_present(tmp_path)
     assert not present and "nuswide-tc10" in reason and "nuswide-tc21" in reason and "\n" not in reason

@@ -3,7 +3,7 @@
 Skipped where no CUDA GPU is present, which includes CI; run on a GPU machine with
 ``python -m pytest tests/methods/test_gpu.py``. CPU and GPU draw different random streams (dropout
 masks, buffers created on the device), so codes are not expected to match across devices; the
-cross-device comparison of MAP on Wiki is in the README, from ``--suite reference --device cuda``.
+cross-device comparison of MAP on Wiki is in docs/results.md, from ``--suite reference --device cuda``.
 """
 import numpy as np
 import pytest
