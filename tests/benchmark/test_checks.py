@@ -6,6 +6,21 @@ from methods import REGISTRY, get_method
 from benchmark.checks import CHECKS, applies, check_hasher, resolve_hasher
 
 from cmhcore.errors import InputError
+from methods.base import Hasher, binarize
+
+
+class _LinearCodes(Hasher):
+    """Test hashers' codes: sign(x W) with the weights ``wi_`` / ``wt_`` their ``fit`` draws."""
+
+    needs_labels = False
+
+    def encode_image(self, image):
+        self._check_fitted("wi_")
+        return binarize(self._validate_encode(image, "image", self.wi_.shape[0]) @ self.wi_)
+
+    def encode_text(self, text):
+        self._check_fitted("wt_")
+        return binarize(self._validate_encode(text, "text", self.wt_.shape[0]) @ self.wt_)
 
 
 # CNN-F makes each pixel check cost seconds: the RDCMH ablations, whose networks and pipeline are
@@ -48,10 +63,8 @@ def test_check_hasher_reports_a_broken_plugin():
     """A user plug-in that ignores random_state is caught by the same one-call API."""
     import numpy as np
 
-    from methods.base import Hasher, binarize
 
-    class Unseeded(Hasher):
-        needs_labels = False
+    class Unseeded(_LinearCodes):
 
         def __init__(self, n_bits=16, random_state=0):
             self.n_bits = n_bits
@@ -63,14 +76,6 @@ def test_check_hasher_reports_a_broken_plugin():
             self.wi_ = rng.standard_normal((image.shape[1], self.n_bits))
             self.wt_ = rng.standard_normal((text.shape[1], self.n_bits))
             return self
-
-        def encode_image(self, image):
-            self._check_fitted("wi_")
-            return binarize(self._validate_encode(image, "image", self.wi_.shape[0]) @ self.wi_)
-
-        def encode_text(self, text):
-            self._check_fitted("wt_")
-            return binarize(self._validate_encode(text, "text", self.wt_.shape[0]) @ self.wt_)
 
     with pytest.raises(AssertionError, match="same_seed_same_codes"):
         check_hasher(Unseeded, checks=["codes_format", "same_seed_same_codes"])
@@ -154,7 +159,6 @@ def test_every_check_has_a_fix():
 def _toy(name, constraints=None, unconstrained=None, validate_first=True):
     """A small hasher with a float and an option parameter, declared as given."""
     from cmhcore.params import Interval, Options
-    from methods.base import Hasher, binarize
 
     def __init__(self, n_bits=16, scale=1.0, mode="a", random_state=0):
         self.n_bits, self.scale, self.mode, self.random_state = n_bits, scale, mode, random_state
@@ -169,19 +173,10 @@ def _toy(name, constraints=None, unconstrained=None, validate_first=True):
         self.wt_ = rng.standard_normal((text.shape[1], self.n_bits)) * self.scale
         return self
 
-    def encode_image(self, image):
-        self._check_fitted("wi_")
-        return binarize(self._validate_encode(image, "image", self.wi_.shape[0]) @ self.wi_)
-
-    def encode_text(self, text):
-        self._check_fitted("wt_")
-        return binarize(self._validate_encode(text, "text", self.wt_.shape[0]) @ self.wt_)
-
     if constraints is None:
         constraints = {"scale": [Interval(float, 0, None, closed="neither")], "mode": [Options({"a", "b"})]}
-    return type(name, (Hasher,), {"needs_labels": False, "__init__": __init__, "fit": fit,
-                                  "encode_image": encode_image, "encode_text": encode_text,
-                                  "_parameter_constraints": constraints,
+    return type(name, (_LinearCodes,), {"__init__": __init__, "fit": fit,
+                                        "_parameter_constraints": constraints,
                                   "unconstrained_params": unconstrained or {}, "__module__": __name__})
 
 

@@ -167,13 +167,18 @@ def test_rescoring_without_the_state_would_give_other_numbers(tmp_path, plugin):
     assert again.metrics["i2t"]["map"] != rec.metrics["i2t"]["map"]
 
 
-def test_changed_data_is_rerun_never_reused(tmp_path, capsys):
+def _one_recorded_run(tmp_path):
+    """A one-run suite, run: (suite file, store, run id, record path, the record as JSON)."""
     suite = write_suite(tmp_path / "s.yaml", "[random]", "{topk: [50]}")
     assert run(suite, tmp_path) == 0
     store = RecordStore(tmp_path / "r")
     rid = store.run_ids()[0]
     path = store.record_path(rid)
-    raw = json.loads(path.read_text())
+    return suite, store, rid, path, json.loads(path.read_text())
+
+
+def test_changed_data_is_rerun_never_reused(tmp_path, capsys):
+    suite, store, rid, path, raw = _one_recorded_run(tmp_path)
     raw["data_checksum"] = "0" * 64  # recorded against other data files
     path.write_text(json.dumps(raw))
     capsys.readouterr()
@@ -184,12 +189,7 @@ def test_changed_data_is_rerun_never_reused(tmp_path, capsys):
 
 
 def test_schema_1_records_are_read_and_newer_ones_refused_in_one_line(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", "[random]", "{topk: [50]}")
-    assert run(suite, tmp_path) == 0
-    store = RecordStore(tmp_path / "r")
-    rid = store.run_ids()[0]
-    path = store.record_path(rid)
-    raw = json.loads(path.read_text())
+    suite, store, rid, path, raw = _one_recorded_run(tmp_path)
     v1 = {k: v for k, v in raw.items() if k not in ("evaluation_digest", "data_checksum", "rescored_at")}
     v1["schema"] = 1
     v1["method"] = {k: v for k, v in raw["method"].items() if k not in ("order", "dataset_order")}
