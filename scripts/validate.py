@@ -7,6 +7,14 @@ validation queries, the rest are the fit set and the retrieval database. Labels 
 masked at ``--mask`` as in the benchmark; validation queries keep theirs (they only define relevance).
 MAP@all, tie-aware, both directions, with the method's own distance where it has one.
 
+``--database heldout`` mirrors the benchmark's ``unseen`` protocol instead: the held-out items are split
+again, the first third (of the same seeded order) the validation queries and the other two thirds the
+retrieval database, so that no item the method was fitted on is retrieved. With the fit set as database
+(``fit``, the default) a method that memorises its training items scores high text->image without
+hashing unseen items well; a selection that should not reward that runs with ``heldout``
+(``--fraction 0.3`` on Wiki gives 217 queries and 435 database items, close to the ``unseen``
+protocol's 231 / 462).
+
 ``--match-steps`` scales ``epochs`` so that the fit on the smaller fit set takes as many mini-batch
 steps as the benchmark's fit on every training item (epochs x ceil(n_train / batch) / ceil(n_fit / batch)).
 Use it for methods whose outcome depends on the number of SGD steps, not only on the passes over the
@@ -83,6 +91,18 @@ def validation_split(train, seed: int, fraction: float = 0.2):
     return perm[n_val:], perm[:n_val]
 
 
+DATABASES = ("fit", "heldout")
+
+
+def heldout_split(val):
+    """(validation queries, validation database) of ``--database heldout``: the first third and the rest."""
+    n_query = max(1, int(round(len(val) / 3)))
+    if len(val) - n_query < 1:
+        raise SystemExit(f"--database heldout needs at least 2 held-out items, got {len(val)}; valid: a larger "
+                         "--fraction")
+    return val[:n_query], val[n_query:]
+
+
 def matched_epochs(epochs: int, batch_size: int, n_train: int, n_fit: int) -> int:
     """Epochs on ``n_fit`` items that make as many mini-batch steps as ``epochs`` on ``n_train`` items."""
     per_epoch = lambda n: -(-n // min(batch_size, n))  # noqa: E731 - ceil(n / batch), the last batch short
@@ -91,7 +111,7 @@ def matched_epochs(epochs: int, batch_size: int, n_train: int, n_fit: int) -> in
 
 def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: int = 16, seed: int = 0,
                    mask: float = 0.0, fraction: float = 0.2, device: str = "cpu", match_steps: bool = False,
-                   dataset_options: dict | None = None) -> dict:
+                   dataset_options: dict | None = None, database: str = "fit") -> dict:
     import numpy as np
 
     from benchmark.metrics import mean_average_precision
@@ -99,6 +119,8 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     from datasets.base import mask_labels
     from methods import get_method
 
+    if database not in DATABASES:
+        raise SystemExit(f"--database {database!r} is invalid; valid: {', '.join(DATABASES)}")
     ds = load_dataset(dataset, **(dataset_options or {}))
     fit, val = validation_split(ds.protocol.train, seed, fraction)
     img, txt, lab = ds.subset(fit)
@@ -118,12 +140,18 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     t0 = time.perf_counter()
     h.fit(img, txt, np.array(masked.labels), np.array(masked.labeled))
     fit_s = time.perf_counter() - t0
-    q_img, q_txt, q_lab = ds.subset(val)
+    if database == "heldout":
+        queries, db = heldout_split(val)
+        db_img, db_txt, db_lab = ds.subset(db)
+    else:  # the fit set, with its full labels (they only define relevance)
+        queries, db, db_img, db_txt, db_lab = val, fit, img, txt, lab
+    q_img, q_txt, q_lab = ds.subset(queries)
     dist = h.distance if type(h).uses_own_distance() else None
-    i2t = mean_average_precision(h.query_image(q_img), h.encode_text(txt), q_lab, lab, distance=dist).value
-    t2i = mean_average_precision(h.query_text(q_txt), h.encode_image(img), q_lab, lab, distance=dist).value
-    out = {"method": method, "dataset": dataset, "dataset_options": dataset_options or {}, "n_bits": n_bits, "seed": seed, "mask": mask,
-           "n_fit": int(fit.size), "n_validation": int(val.size), "overrides": overrides,
+    i2t = mean_average_precision(h.query_image(q_img), h.encode_text(db_txt), q_lab, db_lab, distance=dist).value
+    t2i = mean_average_precision(h.query_text(q_txt), h.encode_image(db_img), q_lab, db_lab, distance=dist).value
+    out = {"method": method, "dataset": dataset, "dataset_options": dataset_options or {}, "n_bits": n_bits,
+           "seed": seed, "mask": mask, "database": database, "n_fit": int(fit.size),
+           "n_validation": int(queries.size), "n_database": int(db.size), "overrides": overrides,
            "epochs": params.get("epochs"), "device": str(getattr(h, "device_", device)),
            "val_map_i2t": round(float(i2t), 4), "val_map_t2i": round(float(t2i), 4), "fit_s": round(fit_s, 1)}
     history = getattr(h, "loss_history_", None)
@@ -133,7 +161,7 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     return out
 
 
-SETTINGS = ("dataset", "dataset_options", "bits", "mask", "fraction", "match_steps")
+SETTINGS = ("dataset", "dataset_options", "bits", "mask", "fraction", "match_steps", "database")
 
 
 def parse_grid(pairs: list[str]) -> list[dict]:
@@ -208,7 +236,8 @@ def run_selection(method: str, selection: dict, seeds=None, device: str = "cpu",
         for seed in seeds:
             res = validation_map(method, {**base, **cand["params"]}, sel["dataset"], int(sel["bits"]), seed,
                                  float(sel.get("mask", 0.0)), float(sel.get("fraction", 0.2)), device,
-                                 bool(sel.get("match_steps", False)), sel.get("dataset_options"))
+                                 bool(sel.get("match_steps", False)), sel.get("dataset_options"),
+                                 database=sel.get("database", "fit"))
             runs.append({"seed": seed, "map_i2t": res["val_map_i2t"], "map_t2i": res["val_map_t2i"],
                          "fit_s": res["fit_s"]})
             progress(f"[{k + 1}/{len(sel['candidates'])}] {json.dumps(cand['params'])} seed {seed}: "
@@ -232,8 +261,9 @@ def selection_table(result: dict) -> str:
         return f"{ms[0]:.4f}" if ms[1] is None else f"{ms[0]:.4f} ± {ms[1]:.4f}"
 
     seeds = ",".join(str(s) for s in result["seeds"])
+    database = result.get("database", "fit")
     lines = [f"{result['method']} on {result['dataset']}, {result['bits']} bits, mask {result.get('mask', 0.0)}, "
-             f"seeds {seeds}, validation MAP@all (tie-aware):", "",
+             f"seeds {seeds}, database {database}, validation MAP@all (tie-aware):", "",
              "| params | I→T | T→I | recorded I→T | recorded T→I |", "|---|---|---|---|---|"]
     for c in result["candidates"]:
         rec = c.get("recorded") or {}
@@ -260,6 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mask", type=float, default=None)
     ap.add_argument("--fraction", type=float, default=None, help="share of the training items held out as queries")
+    ap.add_argument("--database", choices=DATABASES, default=None,
+                    help="retrieve from the fit set (fit, the default) or from held-out items only (heldout)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
@@ -284,7 +316,7 @@ def main(argv=None) -> int:
         if args.grid:
             sel["candidates"] = [{"params": p} for p in parse_grid(args.grid)]
         for key, value in (("dataset", args.dataset), ("bits", args.bits), ("mask", args.mask),
-                           ("fraction", args.fraction)):
+                           ("fraction", args.fraction), ("database", args.database)):
             if value is not None:
                 sel[key] = value
         if args.dataset_option:
@@ -306,7 +338,7 @@ def main(argv=None) -> int:
         return 0
     out = validation_map(args.method, parse_overrides(args.set), args.dataset or "wiki", args.bits or 16, args.seed,
                          args.mask or 0.0, args.fraction or 0.2, args.device, args.match_steps,
-                         parse_overrides(args.dataset_option))
+                         parse_overrides(args.dataset_option), args.database or "fit")
     print(json.dumps(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -49,6 +49,38 @@ def test_validation_map_on_wiki_never_uses_query_items(monkeypatch):
         validation_map("random", {"bogus": 1}, "wiki")
 
 
+def test_heldout_database_retrieves_no_fitted_item_and_never_a_query_item(monkeypatch):
+    import datasets
+    import methods
+
+    ds = datasets.load_dataset("wiki")
+    subsets, fitted = [], []
+    original_subset, original_fit = type(ds).subset, methods.get_method("random").fit
+
+    def spy_subset(self, idx):
+        subsets.append(np.asarray(idx))
+        return original_subset(self, idx)
+
+    def spy_fit(self, image, *args, **kwargs):
+        fitted.append(image.shape[0])
+        return original_fit(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(type(ds), "subset", spy_subset)
+    monkeypatch.setattr(methods.get_method("random"), "fit", spy_fit)
+    out = validation_map("random", {}, "wiki", n_bits=16, seed=0, fraction=0.3, database="heldout")
+    fit, database, queries = subsets[0], subsets[1], subsets[2]  # fit set, then database, then queries
+    assert fitted == [fit.size] and out["n_fit"] == fit.size
+    assert (out["n_validation"], out["n_database"]) == (queries.size, database.size) == (217, 435)
+    assert not np.intersect1d(fit, database).size and not np.intersect1d(queries, database).size
+    used = np.concatenate(subsets)
+    assert np.isin(used, ds.protocol.train).all() and not np.isin(used, ds.protocol.query).any()
+    assert out["database"] == "heldout" and 0.0 < out["val_map_i2t"] < 1.0
+    fit_db = validation_map("random", {}, "wiki", n_bits=16, seed=0, fraction=0.3)
+    assert fit_db["n_database"] == fit_db["n_fit"] == fit.size and fit_db["n_validation"] == 652
+    with pytest.raises(SystemExit, match="valid: fit, heldout"):
+        validation_map("random", {}, "wiki", database="test")
+
+
 def test_matched_epochs_keep_the_number_of_sgd_steps():
     from validate import matched_epochs
 
@@ -101,8 +133,10 @@ def test_run_selection_runs_every_candidate_for_every_seed(monkeypatch):
 
     calls = []
 
-    def fake(method, overrides, dataset, n_bits, seed, mask, fraction, device, match_steps, dataset_options):
-        calls.append((method, dict(overrides), dataset, n_bits, seed, mask, fraction, match_steps, dataset_options))
+    def fake(method, overrides, dataset, n_bits, seed, mask, fraction, device, match_steps, dataset_options,
+             database):
+        calls.append((method, dict(overrides), dataset, n_bits, seed, mask, fraction, match_steps, dataset_options,
+                      database))
         return {"val_map_i2t": 0.1 * overrides["lam"] + seed / 100, "val_map_t2i": 0.2, "fit_s": 1.0}
 
     monkeypatch.setattr(validate, "validation_map", fake)
@@ -114,7 +148,7 @@ def test_run_selection_runs_every_candidate_for_every_seed(monkeypatch):
                                  on_candidate=lambda r: saved.append(len(r["candidates"])))
     assert [(c[1], c[4]) for c in calls] == [({"n_iter": 5, "lam": 1.0}, s) for s in (0, 1, 2)] + [
         ({"n_iter": 7, "lam": 2.0}, s) for s in (0, 1, 2)]
-    assert all(c[2:4] == ("wiki", 8) and c[5:] == (0.3, 0.25, False, {"database": "train"}) for c in calls)
+    assert all(c[2:4] == ("wiki", 8) and c[5:] == (0.3, 0.25, False, {"database": "train"}, "fit") for c in calls)
     assert out["seeds"] == [0, 1, 2] and saved == [1, 2]
     first = out["candidates"][0]
     assert first["map_i2t"] == [0.11, 0.01]  # 0.10, 0.11, 0.12: mean 0.11, sample std 0.01
