@@ -7,8 +7,10 @@ Per dataset and direction:
 * ``precision_at_n``: precision of the top N, panels = mask rates (rows) x code lengths (columns);
 * ``pr_hamming``: precision against recall within growing Hamming radii (Hamming-ranked methods).
 
-Lines are methods; points are means over seeds, error bars the standard deviation. The PDF has
-no creation date, so the same records give the same files.
+Lines are methods; points are means over seeds, error bars the standard deviation. Runs scored under
+different conventions (ties, no-relevant rule, protocol) are never averaged together: each combination gets
+its own figures, named like the tables (``..._average-exclude-unseen``) when there is more than one. The PDF
+has no creation date, so the same records give the same files.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.reports import DIRECTION_LABELS, dataset_labels, method_labels
+from benchmark.reports import (CONVENTIONS, DIRECTION_LABELS, convention_sets, dataset_labels, method_labels,
+                               select_conventions)
 
 __all__ = ["write_plots"]
 
@@ -135,13 +138,27 @@ def write_plots(frame: pd.DataFrame, out_dir: Path | str, metric: str = "map") -
     if ok.empty:
         return []
     written: list[Path] = []
+    combos = convention_sets(ok, metric) or [None]
+    for conv in combos:
+        # a run's conventions are those of its `metric` rows; its curves follow the run
+        runs = select_conventions(ok[ok["metric"] == metric], conv)["run_id"].unique() if conv else None
+        part = ok if runs is None else ok[ok["run_id"].isin(runs)]
+        suffix = "" if len(combos) == 1 else "_" + "-".join(str(conv[c]) for c in CONVENTIONS)
+        note = "" if len(combos) == 1 else " (" + ", ".join(f"{c} {conv[c]}" for c in CONVENTIONS) + ")"
+        written += _dataset_plots(part, out_dir, metric, suffix, note)
+    return written
+
+
+def _dataset_plots(ok: pd.DataFrame, out_dir: Path, metric: str, suffix: str, note: str) -> list[Path]:
+    """The figures of one conventions combination (file stems end with ``suffix``, titles with ``note``)."""
+    written: list[Path] = []
     for dlabel in dataset_labels(ok):
         for direction in ("i2t", "t2i"):
             sub = ok[(ok["dataset_label"] == dlabel) & (ok["direction"] == direction)]
             if sub.empty:
                 continue
-            stem = f"{_slug(dlabel)}_{direction}"
-            where = f"{dlabel}, {DIRECTION_LABELS[direction]}"
+            stem = f"{_slug(dlabel)}_{direction}{suffix}"
+            where = f"{dlabel}, {DIRECTION_LABELS[direction]}{note}"
             m = sub[sub["metric"] == metric]
             if m["n_bits"].nunique() > 1:
                 written += _line_plot(m, "n_bits", "mask_rate", lambda v: f"mask rate {v:g}", "bits", metric.upper(),

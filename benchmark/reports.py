@@ -75,7 +75,8 @@ def _fmt(mean: float, std: float, n: int, pm: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- MAP tables
-def _select(frame: pd.DataFrame, conventions: dict | None) -> pd.DataFrame:
+def select_conventions(frame: pd.DataFrame, conventions: dict | None) -> pd.DataFrame:
+    """The rows of ``frame`` computed under ``conventions`` (a dict of :data:`CONVENTIONS`; None: all)."""
     if not conventions:
         return frame
     keep = np.ones(len(frame), dtype=bool)
@@ -112,7 +113,7 @@ def map_cells(frame: pd.DataFrame, mask_rate: float, metric: str = "map", conven
 
     Columns: mean, std (ddof=1), n (seeds), best (the column's best mean at 4 decimals).
     """
-    frame = _select(frame, conventions)
+    frame = select_conventions(frame, conventions)
     ok = frame[(frame["status"] == "ok") & (frame["metric"] == metric) & np.isclose(frame["mask_rate"], mask_rate)]
     keys = ["method", "label", "method_order", "dataset", "dataset_label", "dataset_order", *CONVENTIONS,
             "direction", "n_bits"]

@@ -183,3 +183,34 @@ def test_captions_state_each_conventions_and_cells_never_mix_them(tmp_path):
     csv = pd.read_csv(tmp_path / "results.csv")
     assert len(csv) == 2 * 4 and {"ties", "no_relevant", "protocol", "map"} <= set(csv.columns)
     assert sorted(csv.loc[csv["run_id"] == "z0", "no_relevant"]) == ["zero", "zero"]
+
+
+def test_plots_never_average_runs_scored_under_different_conventions(tmp_path, monkeypatch):
+    """Figures split by conventions like the tables: one set of files per combination, values never mixed."""
+    import benchmark.plots as plots
+
+    def conv(rec, ties, no_relevant):
+        for m in rec["metrics"].values():
+            m["ties"], m["no_relevant"] = ties, no_relevant
+        return rec
+
+    recs = []
+    for bits in (16, 32):
+        recs += [record(f"d{bits}", "random", 0, 0.2, 0.2, n_bits=bits),
+                 conv(record(f"z{bits}", "random", 1, 0.9, 0.9, n_bits=bits), "stable", "zero")]
+    frame = records_to_frame(recs)
+    seen = []
+    original = plots._line_plot
+
+    def spy(sub, *args, **kwargs):
+        seen.append((args[-1].name, set(sub["ties"]), sorted(sub["value"])))
+        return original(sub, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_line_plot", spy)
+    names = {p.name for p in plots.write_plots(frame, tmp_path)}
+    assert {"map_vs_bits_syn_i2t_average-exclude-None.png", "map_vs_bits_syn_i2t_stable-zero-None.png"} <= names
+    by_name = {name: (ties, values) for name, ties, values in seen}
+    assert by_name["map_vs_bits_syn_i2t_average-exclude-None"] == ({"average"}, [0.2, 0.2])
+    assert by_name["map_vs_bits_syn_i2t_stable-zero-None"] == ({"stable"}, [0.9, 0.9])
+    one = records_to_frame([r for r in recs if r["run_id"].startswith("d")])
+    assert "map_vs_bits_syn_i2t.png" in {p.name for p in plots.write_plots(one, tmp_path / "one")}
