@@ -193,3 +193,19 @@ def test_selection_command_end_to_end_on_a_tiny_grid(tmp_path, capsys):
     assert res["base_params"]["n_iter"] == 2
     with pytest.raises(SystemExit, match="exactly one"):
         main([])
+
+
+def test_shipped_candidate_files_load_and_name_real_parameters():
+    """scripts/selections/<method>_*.yaml: the files the method pages cite for their extra checks."""
+    from validate import SETTINGS, load_candidates
+
+    from methods import get_method
+
+    files = sorted((Path(__file__).resolve().parents[2] / "scripts" / "selections").glob("*.yaml"))
+    assert files
+    for path in files:
+        cls = get_method(path.stem.split("_")[0])
+        got = load_candidates(path)
+        assert set(got) <= {*SETTINGS, "base_params", "seeds", "candidates"}
+        for cand in got["candidates"]:
+            cls(**{**got.get("base_params", {}), **cand["params"]}).validate_params()
