@@ -105,10 +105,11 @@ def main(argv=None) -> int:
         # RDCMH-NS: label-cosine lists over the labeled items only (its training set).
         keep = np.flatnonzero(labeled)
         ns = SemiSupervisedSimilarity(None, None, np.array(m.labels)[keep], np.ones(keep.size, bool), cpu, mode="labels")
-        c = composition(ns, truth[keep], np.arange(keep.size), "bins", args.n_bins, args.passes, args.seed)
-        cell = {"all": float(c["informative"].mean()), "unlabeled_queries": None}
-        rows.setdefault("bins (rdcmh-ns)", {})[mask] = cell
-        out["shares"].setdefault("bins (rdcmh-ns)", {})[str(mask)] = cell
+        for sampler in ("bins", "top"):  # the former and the current default sampler
+            c = composition(ns, truth[keep], np.arange(keep.size), sampler, args.n_bins, args.passes, args.seed)
+            cell = {"all": float(c["informative"].mean()), "unlabeled_queries": None}
+            rows.setdefault(f"{sampler} (rdcmh-ns)", {})[mask] = cell
+            out["shares"].setdefault(f"{sampler} (rdcmh-ns)", {})[str(mask)] = cell
 
     head = "| sampler | " + " | ".join(
         f"mask {m:g}" + (f" | mask {m:g}, unlabeled queries" if m > 0 else "") for m in masks) + " |"
