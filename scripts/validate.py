@@ -123,6 +123,8 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
         raise SystemExit(f"--database {database!r} is invalid; valid: {', '.join(DATABASES)}")
     ds = load_dataset(dataset, **(dataset_options or {}))
     fit, val = validation_split(ds.protocol.train, seed, fraction)
+    # the retrieval split is settled before the fit, so a split too small to use fails first
+    queries, db = heldout_split(val) if database == "heldout" else (val, fit)
     img, txt, lab = ds.subset(fit)
     masked = mask_labels(lab, mask, seed=seed)
     cls = get_method(method)
@@ -141,10 +143,9 @@ def validation_map(method: str, overrides: dict, dataset: str = "wiki", n_bits: 
     h.fit(img, txt, np.array(masked.labels), np.array(masked.labeled))
     fit_s = time.perf_counter() - t0
     if database == "heldout":
-        queries, db = heldout_split(val)
         db_img, db_txt, db_lab = ds.subset(db)
     else:  # the fit set, with its full labels (they only define relevance)
-        queries, db, db_img, db_txt, db_lab = val, fit, img, txt, lab
+        db_img, db_txt, db_lab = img, txt, lab
     q_img, q_txt, q_lab = ds.subset(queries)
     dist = h.distance if type(h).uses_own_distance() else None
     i2t = mean_average_precision(h.query_image(q_img), h.encode_text(db_txt), q_lab, db_lab, distance=dist).value

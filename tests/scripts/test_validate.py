@@ -79,6 +79,10 @@ def test_heldout_database_retrieves_no_fitted_item_and_never_a_query_item(monkey
     assert fit_db["n_database"] == fit_db["n_fit"] == fit.size and fit_db["n_validation"] == 652
     with pytest.raises(SystemExit, match="valid: fit, heldout"):
         validation_map("random", {}, "wiki", database="test")
+    fitted.clear()
+    with pytest.raises(SystemExit, match="at least 2 held-out items"):  # one held-out item: refused before the fit
+        validation_map("random", {}, "wiki", fraction=0.0005, database="heldout")
+    assert fitted == []
 
 
 def test_matched_epochs_keep_the_number_of_sgd_steps():
